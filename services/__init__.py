@@ -1,0 +1,1 @@
+"""llmmesh services: auth, chat, document and embedding, on one shared runtime."""

@@ -1,0 +1,1 @@
+"""The auth service: users, passwords, tokens, JWKS and monthly token quotas."""

@@ -1,0 +1,62 @@
+"""Auth service configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.runtime.config import ConfigError, Env, RuntimeConfig
+
+PRODUCTION_MIN_BCRYPT_COST = 10
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Everything the auth service reads from the environment."""
+
+    runtime: RuntimeConfig
+    signing_key_pem: str | None
+    access_token_ttl_seconds: int
+    refresh_token_ttl_seconds: int
+    bcrypt_cost: int
+    default_monthly_token_limit: int
+    reservation_ttl_seconds: int
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> AuthConfig:
+        env = env or Env()
+        runtime = RuntimeConfig.from_env("auth", env)
+        config = cls(
+            runtime=runtime,
+            signing_key_pem=_signing_key(env),
+            access_token_ttl_seconds=env.int("LLMMESH_AUTH_ACCESS_TOKEN_TTL_SECONDS", 900,
+                                             minimum=30, maximum=86400),
+            refresh_token_ttl_seconds=env.int("LLMMESH_AUTH_REFRESH_TOKEN_TTL_SECONDS",
+                                              30 * 86400, minimum=60),
+            bcrypt_cost=env.int("LLMMESH_AUTH_BCRYPT_COST", 12, minimum=4, maximum=16),
+            default_monthly_token_limit=env.int("LLMMESH_AUTH_DEFAULT_MONTHLY_TOKEN_LIMIT",
+                                                100_000, minimum=0),
+            reservation_ttl_seconds=env.int("LLMMESH_AUTH_RESERVATION_TTL_SECONDS", 300,
+                                            minimum=1, maximum=86400),
+        )
+        if runtime.production:
+            if config.signing_key_pem is None:
+                raise ConfigError("LLMMESH_AUTH_SIGNING_KEY or LLMMESH_AUTH_SIGNING_KEY_FILE "
+                                  "is required when LLMMESH_ENV=production")
+            if config.bcrypt_cost < PRODUCTION_MIN_BCRYPT_COST:
+                raise ConfigError(f"LLMMESH_AUTH_BCRYPT_COST must be at least "
+                                  f"{PRODUCTION_MIN_BCRYPT_COST} when LLMMESH_ENV=production")
+        return config
+
+
+def _signing_key(env: Env) -> str | None:
+    inline = env.optional("LLMMESH_AUTH_SIGNING_KEY")
+    path = env.optional("LLMMESH_AUTH_SIGNING_KEY_FILE")
+    if inline and path:
+        raise ConfigError("set LLMMESH_AUTH_SIGNING_KEY or LLMMESH_AUTH_SIGNING_KEY_FILE, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as error:
+            raise ConfigError(f"LLMMESH_AUTH_SIGNING_KEY_FILE: {error}") from None
+    return inline

@@ -1,0 +1,240 @@
+"""Monthly token quotas: atomic reserve / extend / settle / release in Redis.
+
+Per user and month (UTC) Redis holds the tokens charged (`used`), the live holds
+(`holds`: id -> tokens, with `expiry`: id -> expiry ms) and each reservation's
+state (`states`: id -> held | settled | released). Each operation is one Lua
+script, so any number of chat replicas can race without overshooting a limit:
+a hold is granted only if used + live holds + the new hold fit. Expired holds are
+dropped by the next operation on that month. Keys share the user's hash tag.
+
+Reservation ids read `<user>.<month>.<random>`, so an id alone locates its keys.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from services.runtime.errors import (
+    FailedPrecondition,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+)
+
+MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_RESERVATION_PATTERN = re.compile(r"^([0-9a-f]{32})\.(\d{4}-\d{2})\.([A-Za-z0-9_-]{16,})$")
+_RETENTION_SECONDS = 400 * 86400  # a year of monthly history, plus slack
+
+# Shared prelude: KEYS used, holds, expiry, states, limit. Drops expired holds and
+# computes now, used, reserved and limit (ARGV[1] is the default limit).
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(expired) do redis.call('HDEL', KEYS[2], id) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local reserved = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(v) end
+local limit = tonumber(redis.call('GET', KEYS[5]) or ARGV[1])
+local function keep(ttl)
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+"""
+
+# ARGV: default limit, id, tokens, ttl ms, retention s
+_RESERVE = _PRELUDE + """
+local tokens = tonumber(ARGV[3])
+if used + reserved + tokens > limit then return {0, used, reserved, limit, 0} end
+local expires = now + tonumber(ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[2], tokens)
+redis.call('ZADD', KEYS[3], expires, ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], 'held')
+keep(ARGV[5])
+return {1, used, reserved + tokens, limit, expires}
+"""
+
+# ARGV: default limit, id, additional tokens, ttl ms
+_EXTEND = _PRELUDE + """
+local state = redis.call('HGET', KEYS[4], ARGV[2])
+if not state then return {-1, used, reserved, limit, 0, 0} end
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '-1')
+if state ~= 'held' or held < 0 then return {-2, used, reserved, limit, 0, 0} end
+local extra = tonumber(ARGV[3])
+if used + reserved + extra > limit then return {0, used, reserved, limit, 0, held} end
+local expires = now + tonumber(ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[2], held + extra)
+redis.call('ZADD', KEYS[3], expires, ARGV[2])
+return {1, used, reserved + extra, limit, expires, held + extra}
+"""
+
+# ARGV: default limit, id, used tokens, retention s
+_SETTLE = _PRELUDE + """
+local state = redis.call('HGET', KEYS[4], ARGV[2])
+if not state then return {-1, used, reserved, limit} end
+if state ~= 'held' then return {-2, used, reserved, limit} end
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], 'settled')
+used = redis.call('INCRBY', KEYS[1], tonumber(ARGV[3]))
+keep(ARGV[4])
+return {1, used, reserved - held, limit}
+"""
+
+# ARGV: default limit, id
+_RELEASE = _PRELUDE + """
+local state = redis.call('HGET', KEYS[4], ARGV[2])
+if not state then return {-1, used, reserved, limit} end
+if state ~= 'held' then return {-2, used, reserved, limit} end
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], 'released')
+return {1, used, reserved - held, limit}
+"""
+
+# ARGV: default limit
+_READ = _PRELUDE + """
+return {1, used, reserved, limit}
+"""
+
+
+@dataclass(frozen=True)
+class QuotaSnapshot:
+    """A user's month: tokens charged, held and allowed."""
+
+    month: str
+    used: int
+    reserved: int
+    limit: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used - self.reserved, 0)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A granted reservation."""
+
+    reservation_id: str
+    user_id: str
+    month: str
+    tokens: int
+    expire_time_ms: int
+
+
+def current_month(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m")
+
+
+class QuotaLedger:
+    """Atomic quota operations for every user and month."""
+
+    def __init__(self, redis: Redis, default_limit: int, reservation_ttl_seconds: int) -> None:
+        self._redis = redis
+        self._default_limit = default_limit
+        self._ttl_ms = reservation_ttl_seconds * 1000
+        self._reserve = redis.register_script(_RESERVE)
+        self._extend = redis.register_script(_EXTEND)
+        self._settle = redis.register_script(_SETTLE)
+        self._release = redis.register_script(_RELEASE)
+        self._read = redis.register_script(_READ)
+
+    async def reserve(self, user_id: str, tokens: int, ttl_seconds: float | None = None) -> tuple[
+            Hold, QuotaSnapshot]:
+        month = current_month()
+        reservation_id = f"{user_id}.{month}.{secrets.token_urlsafe(16)}"
+        ttl_ms = self._ttl_ms if not ttl_seconds else min(int(ttl_seconds * 1000), self._ttl_ms)
+        granted, used, reserved, limit, expires = await self._reserve(
+            keys=_keys(user_id, month),
+            args=[self._default_limit, reservation_id, tokens, ttl_ms, _RETENTION_SECONDS])
+        snapshot = QuotaSnapshot(month, int(used), int(reserved), int(limit))
+        if not granted:
+            raise _exhausted(user_id, snapshot, tokens)
+        return Hold(reservation_id, user_id, month, tokens, int(expires)), snapshot
+
+    async def extend(self, reservation_id: str, tokens: int) -> tuple[Hold, QuotaSnapshot]:
+        user_id, month = _parse(reservation_id)
+        outcome, used, reserved, limit, expires, held = await self._extend(
+            keys=_keys(user_id, month),
+            args=[self._default_limit, reservation_id, tokens, self._ttl_ms])
+        snapshot = QuotaSnapshot(month, int(used), int(reserved), int(limit))
+        _check_state(int(outcome), reservation_id, "extended")
+        if not outcome:
+            raise _exhausted(user_id, snapshot, tokens)
+        return Hold(reservation_id, user_id, month, int(held), int(expires)), snapshot
+
+    async def settle(self, reservation_id: str, used_tokens: int) -> QuotaSnapshot:
+        user_id, month = _parse(reservation_id)
+        outcome, used, reserved, limit = await self._settle(
+            keys=_keys(user_id, month),
+            args=[self._default_limit, reservation_id, used_tokens, _RETENTION_SECONDS])
+        _check_state(int(outcome), reservation_id, "settled")
+        return QuotaSnapshot(month, int(used), int(reserved), int(limit))
+
+    async def release(self, reservation_id: str) -> QuotaSnapshot:
+        user_id, month = _parse(reservation_id)
+        outcome, used, reserved, limit = await self._release(
+            keys=_keys(user_id, month), args=[self._default_limit, reservation_id])
+        _check_state(int(outcome), reservation_id, "released")
+        return QuotaSnapshot(month, int(used), int(reserved), int(limit))
+
+    async def snapshot(self, user_id: str, month: str) -> QuotaSnapshot:
+        _, used, reserved, limit = await self._read(keys=_keys(user_id, month),
+                                                    args=[self._default_limit])
+        return QuotaSnapshot(month, int(used), int(reserved), int(limit))
+
+    async def set_limit(self, user_id: str, limit: int) -> int:
+        """Override a user's monthly limit; 0 restores the default. Returns the limit now."""
+        key = _limit_key(user_id)
+        if limit == 0:
+            await self._redis.delete(key)
+            return self._default_limit
+        await self._redis.set(key, limit)
+        return limit
+
+
+def _keys(user_id: str, month: str) -> list[str]:
+    base = f"auth:quota:{{{user_id}}}:{month}"
+    return [f"{base}:used", f"{base}:holds", f"{base}:expiry", f"{base}:states",
+            _limit_key(user_id)]
+
+
+def _limit_key(user_id: str) -> str:
+    return f"auth:quota:{{{user_id}}}:limit"
+
+
+def _parse(reservation_id: str) -> tuple[str, str]:
+    match = _RESERVATION_PATTERN.match(reservation_id)
+    if match is None:
+        raise NotFound("reservation", reservation_id)
+    return match.group(1), match.group(2)
+
+
+def _check_state(outcome: int, reservation_id: str, verb: str) -> None:
+    if outcome == -1:
+        raise NotFound("reservation", reservation_id)
+    if outcome == -2:
+        raise FailedPrecondition(f"reservation {reservation_id!r} can no longer be {verb}",
+                                 reason="RESERVATION_CLOSED",
+                                 metadata={"reservation_id": reservation_id})
+
+
+def _exhausted(user_id: str, snapshot: QuotaSnapshot, requested: int) -> ResourceExhausted:
+    description = (f"monthly token quota of {snapshot.limit} for {snapshot.month}: "
+                   f"{snapshot.used} used, {snapshot.reserved} held, {requested} requested")
+    return ResourceExhausted(
+        f"token quota exhausted: {description}",
+        reason="TOKEN_QUOTA_EXHAUSTED",
+        violations=[QuotaViolation(subject=f"users/{user_id}", description=description)],
+        metadata={"month": snapshot.month, "limit": str(snapshot.limit),
+                  "used": str(snapshot.used), "reserved": str(snapshot.reserved),
+                  "requested": str(requested)},
+    )

@@ -1,0 +1,1 @@
+"""The chat service (its RPCs arrive with their own issue; until then UNIMPLEMENTED)."""

@@ -1,0 +1,3 @@
+from services.document.server import main
+
+main()

@@ -1,0 +1,1 @@
+"""Running the whole mesh locally: a Redis server and every service as a process."""

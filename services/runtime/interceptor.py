@@ -1,0 +1,174 @@
+"""The server interceptor every llmmesh service runs.
+
+For each call: take or make a request id, authenticate the caller, run the handler
+with both in context, map domain errors to rich gRPC statuses (and anything
+unexpected to INTERNAL, never a stack trace), then log one JSON line and record
+Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.runtime.authn import Authenticator
+from services.runtime.context import principal_var, request_id_var, servicer_context_var
+from services.runtime.errors import Internal, LlmmeshError, status_trailers, to_status
+from services.runtime.metrics import ServerMetrics
+
+log = logging.getLogger("llmmesh.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    """Request ids, authentication, error mapping, JSON logs and metrics."""
+
+    def __init__(self, authenticator: Authenticator, metrics: ServerMetrics) -> None:
+        self._authenticator = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.response_streaming:
+            behavior = handler.unary_stream or handler.stream_stream
+            wrapped_stream = self._wrap_stream(method, behavior)
+            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                       else grpc.unary_stream_rpc_method_handler)
+            return factory(wrapped_stream, request_deserializer=handler.request_deserializer,
+                           response_serializer=handler.response_serializer)
+        behavior = handler.unary_unary or handler.stream_unary
+        wrapped_unary = self._wrap_unary(method, behavior)
+        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+                   else grpc.unary_unary_rpc_method_handler)
+        return factory(wrapped_unary, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(self, method, context)
+            try:
+                await call.begin()
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except BaseException as error:
+                await call.fail(error)
+                raise
+            finally:
+                call.end()
+
+        return unary
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(self, method, context)
+            try:
+                await call.begin()
+                result = behavior(request, context)
+                if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+                    async for message in result:
+                        yield message
+                elif inspect.isawaitable(result):
+                    await result
+            except BaseException as error:
+                await call.fail(error)
+                raise
+            finally:
+                call.end()
+
+        return stream
+
+
+class _Call:
+    """Bookkeeping for one RPC: context variables, status, timing, log and metrics."""
+
+    def __init__(self, interceptor: MeshInterceptor, method: str,
+                 context: grpc.aio.ServicerContext) -> None:
+        self._interceptor = interceptor
+        self.method = method
+        self.context = context
+        _, _, path = method.partition("/")
+        self.service, _, self.method_name = path.partition("/")
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+        self._tokens: list[Any] = []
+        self._counted = False
+        self._metadata = {key: value for key, value in (context.invocation_metadata() or ())
+                          if isinstance(value, str)}
+
+    async def begin(self) -> None:
+        supplied = self._metadata.get(REQUEST_ID_HEADER, "")
+        request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+        self._tokens = [request_id_var.set(request_id), servicer_context_var.set(self.context)]
+        self._interceptor._metrics.in_flight.labels(self.service, self.method_name).inc()
+        self._counted = True
+        self.context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        principal = await self._interceptor._authenticator.authenticate(
+            self.method, self._metadata)
+        self._tokens.append(principal_var.set(principal))
+
+    async def fail(self, error: BaseException) -> None:
+        """Record why the call failed; turn domain and unexpected errors into statuses."""
+        if isinstance(error, grpc.aio.AbortError):
+            self.code = _context_code(self.context)
+            return
+        if isinstance(error, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            return
+        if not isinstance(error, LlmmeshError):
+            log.error("unhandled error in %s", self.method, exc_info=error)
+            error = Internal(f"internal error (request id {request_id_var.get()})")
+        self.code = error.code
+        trailers = status_trailers(to_status(error))
+        await self.context.abort(error.code, error.message,
+                                 trailing_metadata=((REQUEST_ID_HEADER, request_id_var.get()),
+                                                    *trailers))
+
+    def end(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        metrics = self._interceptor._metrics
+        code = self.code.name
+        if self._counted:
+            metrics.in_flight.labels(self.service, self.method_name).dec()
+        metrics.handled.labels(self.service, self.method_name, code).observe(elapsed)
+        if self.code is not grpc.StatusCode.OK:
+            metrics.errors.labels(self.service, self.method_name, code).inc()
+        level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
+        principal = principal_var.get()
+        log.log(level, "rpc", extra={"method": self.method, "code": code,
+                                     "duration_ms": round(elapsed * 1000, 3),
+                                     "caller": principal.subject or principal.kind})
+        for token in reversed(self._tokens):
+            token.var.reset(token)
+
+
+def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    try:
+        code = context.code()
+    except Exception:  # noqa: BLE001 — older grpcio without ServicerContext.code()
+        return grpc.StatusCode.UNKNOWN
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return grpc.StatusCode.UNKNOWN

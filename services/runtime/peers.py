@@ -1,0 +1,75 @@
+"""Channels to other llmmesh services that forward the caller's identity, request id
+and remaining deadline, and present the service credential."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from services.runtime.authn import AUTHORIZATION_HEADER, SERVICE_TOKEN_HEADER
+from services.runtime.context import current_principal, remaining_deadline, request_id_var
+from services.runtime.interceptor import REQUEST_ID_HEADER
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+class _Forwarding:
+    """Shared logic of the four client interceptor kinds."""
+
+    def __init__(self, service_token: str, default_timeout: float) -> None:
+        self._service_token = service_token
+        self._default_timeout = default_timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        present = {key for key, _ in metadata}
+        metadata.add(SERVICE_TOKEN_HEADER, self._service_token)
+        principal = current_principal()
+        if principal.bearer_token and AUTHORIZATION_HEADER not in present:
+            metadata.add(AUTHORIZATION_HEADER, f"Bearer {principal.bearer_token}")
+        request_id = request_id_var.get()
+        if request_id and REQUEST_ID_HEADER not in present:
+            metadata.add(REQUEST_ID_HEADER, request_id)
+        timeout = details.timeout if details.timeout is not None else self._default_timeout
+        inherited = remaining_deadline()
+        if inherited is not None:
+            timeout = min(timeout, inherited)
+        return grpc.aio.ClientCallDetails(
+            method=details.method, timeout=timeout, metadata=metadata,
+            credentials=details.credentials, wait_for_ready=details.wait_for_ready,
+        )
+
+
+class _UnaryUnary(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _UnaryStream(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _StreamUnary(_Forwarding, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+class _StreamStream(_Forwarding, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                      request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def peer_channel(address: str, service_token: str, *,
+                 default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """One long-lived channel to a peer; every call gets a deadline (the caller's
+    remaining one when shorter), the caller's bearer token, the request id and the
+    service credential."""
+    interceptors = [cls(service_token, default_timeout)
+                    for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+    return grpc.aio.insecure_channel(address, interceptors=interceptors, options=list(options))

@@ -1,0 +1,116 @@
+"""Server bootstrap shared by every service: a grpc.aio server with the mesh
+interceptor, gRPC health checking, server reflection, Prometheus metrics and a
+graceful shutdown that lets in-flight calls (streams included) finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.authn import AccessPolicy, Authenticator
+from services.runtime.config import RuntimeConfig
+from services.runtime.interceptor import MeshInterceptor
+from services.runtime.jwt_verify import JwksCache, JwksFetcher, JwtVerifier
+from services.runtime.metrics import ServerMetrics
+
+log = logging.getLogger("llmmesh.server")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to its server."""
+
+    names: Sequence[str]  # full gRPC service names, e.g. llmmesh.auth.v1.AuthService
+    register: Callable[[grpc.aio.Server], None]
+    policy: AccessPolicy
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build_verifier(config: RuntimeConfig, fetch: JwksFetcher) -> JwtVerifier:
+    """A JWT verifier over a cached JWKS obtained with `fetch`."""
+    keys = JwksCache(fetch, ttl=config.jwks_cache_seconds,
+                     refetch_interval=config.jwks_refetch_interval_seconds)
+    return JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience,
+                       leeway_seconds=config.jwt_leeway_seconds)
+
+
+class MeshServer:
+    """A service's server, built unstarted; `start()` binds and returns the port."""
+
+    def __init__(self, config: RuntimeConfig, spec: ServiceSpec, verifier: JwtVerifier,
+                 metrics: ServerMetrics | None = None) -> None:
+        self.config = config
+        self.spec = spec
+        self.metrics = metrics or ServerMetrics()
+        authenticator = Authenticator(verifier, config.service_token, spec.policy)
+        self._server = grpc.aio.server(
+            interceptors=[MeshInterceptor(authenticator, self.metrics)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        spec.register(self._server)
+        reflection.enable_server_reflection(
+            [*spec.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Bind, start serving, mark every service SERVING; returns the bound port."""
+        address = f"{self.config.listen_host}:{self.config.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        await self._server.start()
+        for name in ["", *self.spec.names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve(self.config.listen_host,
+                                                   self.config.metrics_port)
+        log.info("serving", extra={"address": f"{self.config.listen_host}:{self.port}",
+                                   "services": list(self.spec.names),
+                                   "metrics_port": self.metrics_port})
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls (health NOT_SERVING), let in-flight ones finish within
+        `grace` seconds, then run the service's cleanups."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        log.info("stopping", extra={"grace_seconds": grace})
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        for cleanup in self.spec.on_stop:
+            await cleanup()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(server: MeshServer) -> None:
+    """Start `server` and run until SIGTERM or SIGINT, then stop it gracefully."""
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Future[None] = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stopping.done() or stopping.set_result(None))
+    await stopping
+    await server.stop()

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real Redis server, a real auth server over a socket, stubs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
+
+from services.auth.config import AuthConfig
+from services.auth.server import create_server
+from services.mesh.redis_server import LocalRedis, free_port
+from services.runtime.config import Env
+from services.runtime.server import MeshServer
+from tests.helpers import LoggedIn, register_and_login
+
+SERVICE_TOKEN = "test-service-token-" + "x" * 32
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path_factory.mktemp("redis"), free_port(), persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def mesh_env(redis_server: LocalRedis, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for in-process servers: ephemeral ports, no metrics, fast bcrypt."""
+    env = {
+        "LLMMESH_DATA_DIR": str(data_dir),
+        "LLMMESH_REDIS_URL": redis_server.url,
+        "LLMMESH_SERVICE_TOKEN": SERVICE_TOKEN,
+        "LLMMESH_AUTH_BCRYPT_COST": "4",
+        "LLMMESH_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    for service in ("auth", "chat", "document", "embedding"):
+        env[f"LLMMESH_{service.upper()}_PORT"] = "0"
+        env[f"LLMMESH_{service.upper()}_METRICS_PORT"] = "0"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+async def auth_server(redis_server: LocalRedis, data_dir: Path) -> AsyncIterator[MeshServer]:
+    server = create_server(AuthConfig.from_env(Env(mesh_env(redis_server, data_dir))))
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def auth_address(auth_server: MeshServer) -> str:
+    return f"127.0.0.1:{auth_server.port}"
+
+
+@pytest.fixture(scope="session")
+async def auth_channel(auth_address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(auth_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def auth_stub(auth_channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
+    return auth_pb2_grpc.AuthServiceStub(auth_channel)
+
+
+@pytest.fixture(scope="session")
+def quota_stub(auth_channel: grpc.aio.Channel) -> quota_pb2_grpc.QuotaServiceStub:
+    return quota_pb2_grpc.QuotaServiceStub(auth_channel)
+
+
+@pytest.fixture
+async def alice(auth_stub: auth_pb2_grpc.AuthServiceStub) -> LoggedIn:
+    return await register_and_login(auth_stub)
+
+
+SERVICE_METADATA = (("x-llmmesh-service-token", SERVICE_TOKEN),)

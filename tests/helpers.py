@@ -1,0 +1,73 @@
+"""Test helpers: reading rich error details, registering users, minting tokens."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status an error carries in its trailers (asserted present)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status()
+            status.ParseFromString(value)
+            return status
+    raise AssertionError(f"no google.rpc.Status in trailers of {error!r}")
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    return _detail(error, error_details_pb2.ErrorInfo)
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    bad_request = _detail(error, error_details_pb2.BadRequest)
+    return {v.field: v.description for v in bad_request.field_violations}
+
+
+def quota_failure(error: grpc.aio.AioRpcError) -> error_details_pb2.QuotaFailure:
+    return _detail(error, error_details_pb2.QuotaFailure)
+
+
+def _detail(error, kind):  # type: ignore[no-untyped-def]
+    for packed in rich_status(error).details:
+        if packed.Is(kind.DESCRIPTOR):
+            found = kind()
+            packed.Unpack(found)
+            return found
+    raise AssertionError(f"no {kind.DESCRIPTOR.name} in {error!r}")
+
+
+def unique_username(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class LoggedIn:
+    user: auth_pb2.User
+    tokens: auth_pb2.TokenPair
+
+    @property
+    def user_id(self) -> str:
+        return self.user.name.removeprefix("users/")
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens.access_token}"),)
+
+
+async def register_and_login(stub: auth_pb2_grpc.AuthServiceStub,
+                             username: str | None = None) -> LoggedIn:
+    username = username or unique_username()
+    await stub.CreateUser(auth_pb2.CreateUserRequest(
+        user=auth_pb2.User(username=username, email=f"{username}@example.com"),
+        password=PASSWORD))
+    login = await stub.Login(auth_pb2.LoginRequest(username=username, password=PASSWORD))
+    return LoggedIn(user=login.user, tokens=login.tokens)
