@@ -10,6 +10,7 @@
      ├── ResourceExhausted    RESOURCE_EXHAUSTED + QuotaFailure, RetryInfo
      ├── Unavailable          UNAVAILABLE       + RetryInfo
      ├── DeadlineExceeded     DEADLINE_EXCEEDED
+     ├── Unimplemented        UNIMPLEMENTED
      └── Internal             INTERNAL
 
 Every status carries one ErrorInfo (AIP-193): an UPPER_SNAKE `reason`, the
@@ -170,6 +171,11 @@ class Unavailable(LlmmeshError):
 class DeadlineExceeded(LlmmeshError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     default_reason = "DEADLINE_EXCEEDED"
+
+
+class Unimplemented(LlmmeshError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
 
 
 class Internal(LlmmeshError):

@@ -21,7 +21,13 @@ import grpc
 
 from services.runtime.authn import Authenticator
 from services.runtime.context import principal_var, request_id_var, servicer_context_var
-from services.runtime.errors import Internal, LlmmeshError, status_trailers, to_status
+from services.runtime.errors import (
+    Internal,
+    LlmmeshError,
+    Unimplemented,
+    status_trailers,
+    to_status,
+)
 from services.runtime.metrics import ServerMetrics
 
 log = logging.getLogger("llmmesh.rpc")
@@ -134,6 +140,8 @@ class _Call:
         if isinstance(error, asyncio.CancelledError):
             self.code = grpc.StatusCode.CANCELLED
             return
+        if isinstance(error, NotImplementedError):  # generated servicer base classes
+            error = Unimplemented(f"{self.method} is not implemented yet")
         if not isinstance(error, LlmmeshError):
             log.error("unhandled error in %s", self.method, exc_info=error)
             error = Internal(f"internal error (request id {request_id_var.get()})")
