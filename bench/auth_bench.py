@@ -1,0 +1,389 @@
+"""Benchmark of the auth service: JWT verification cost, login throughput, loop health.
+
+Prints figures; it is not a test. Everything listens on 127.0.0.1 only and the whole
+run is bounded (well under three minutes on two cores). Three parts:
+
+1. JWT verification cost per call (JwtVerifier on a warm JwksCache, then the full
+   Authenticator.authenticate), and the latency a client sees for a unary call that
+   needs a token (GetUser users/me) against one that needs none (GetJwks), on an
+   in-process server sharing this event loop.
+2. Login throughput at the default bcrypt cost (12), over real gRPC, from concurrent
+   clients against an auth server in a separate process.
+3. Event-loop responsiveness of that server: gRPC health-check latency with no load,
+   then while 20 logins run concurrently (target: p99 <= 50 ms).
+
+Run from the repository root: `.venv/bin/python bench/auth_bench.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from services.auth.access_tokens import AccessTokenIssuer
+from services.auth.config import AuthConfig
+from services.auth.keys import SigningKey, jwks_document
+from services.auth.server import POLICY, create_server
+from services.mesh.redis_server import LocalRedis, free_port
+from services.runtime.authn import Authenticator
+from services.runtime.config import Env
+from services.runtime.jwt_verify import JwksCache, JwtVerifier
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_TOKEN = "bench-service-token-" + "x" * 32  # noqa: S105 — a throwaway local credential
+PASSWORD = "correct horse battery"  # noqa: S105 — a throwaway local password
+BCRYPT_COST = 12
+ISSUER = "llmmesh-auth"
+AUDIENCE = "llmmesh"
+
+VERIFY_CALLS = 2000
+VERIFY_WARMUP = 100
+RPC_CALLS = 500
+RPC_WARMUP = 50
+LOGIN_CLIENTS = 8
+LOGIN_TOTAL = 40
+LOAD_LOGINS = 20
+LOAD_ROUNDS = 2  # 20 logins in flight, twice over, so the probe gathers enough samples
+PROBE_INTERVAL_S = 0.010
+BASELINE_PROBE_S = 3.0
+HEALTH_P99_TARGET_MS = 50.0
+SERVER_START_TIMEOUT_S = 30.0
+
+GET_USER = "/llmmesh.auth.v1.AuthService/GetUser"
+
+
+# ---------------------------------------------------------------- statistics helpers
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (`pct` in 0..100) of `values`."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary(values: Sequence[float], unit: str) -> str:
+    return (f"median {statistics.median(values):9.1f} {unit}   "
+            f"p95 {percentile(values, 95):9.1f} {unit}   "
+            f"p99 {percentile(values, 99):9.1f} {unit}   (n={len(values)})")
+
+
+def heading(title: str) -> None:
+    print()
+    print(title)
+    print("-" * len(title))
+
+
+async def timed_us(call: Callable[[], Awaitable[Any]], count: int, warmup: int) -> list[float]:
+    """Microseconds per `await call()`, after `warmup` unrecorded calls."""
+    for _ in range(warmup):
+        await call()
+    samples: list[float] = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        await call()
+        samples.append((time.perf_counter_ns() - started) / 1000.0)
+    return samples
+
+
+def unique_username(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def register(stub: auth_pb2_grpc.AuthServiceStub, username: str) -> None:
+    await stub.CreateUser(auth_pb2.CreateUserRequest(
+        user=auth_pb2.User(username=username, email=f"{username}@example.com"),
+        password=PASSWORD), timeout=30)
+
+
+def bench_env(redis: LocalRedis, data_dir: Path, port: int = 0) -> dict[str, str]:
+    return {
+        "LLMMESH_DATA_DIR": str(data_dir),
+        "LLMMESH_REDIS_URL": redis.url,
+        "LLMMESH_SERVICE_TOKEN": SERVICE_TOKEN,
+        "LLMMESH_AUTH_BCRYPT_COST": str(BCRYPT_COST),
+        "LLMMESH_AUTH_PORT": str(port),
+        "LLMMESH_AUTH_METRICS_PORT": "0",
+        "LLMMESH_LISTEN_HOST": "127.0.0.1",
+        "LLMMESH_LOG_LEVEL": "WARNING",
+        "LLMMESH_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+
+
+# ---------------------------------------------------------------- part 1: JWT cost
+
+
+async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
+    heading("1. JWT verification cost (this process, warm JWKS cache)")
+    key = SigningKey.generate()
+    issuer = AccessTokenIssuer(key, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=900)
+    token = issuer.issue(uuid.uuid4().hex, "bench-user").token
+    document = json.loads(jwks_document([key]))
+
+    async def fetch() -> dict[str, Any]:
+        return document
+
+    verifier = JwtVerifier(JwksCache(fetch), issuer=ISSUER, audience=AUDIENCE)
+    verified = await verifier.verify(token)  # also warms the cache
+    assert verified.username == "bench-user"
+    verify_us = await timed_us(lambda: verifier.verify(token), VERIFY_CALLS, VERIFY_WARMUP)
+
+    authenticator = Authenticator(verifier, SERVICE_TOKEN, POLICY)
+    metadata = {"authorization": f"Bearer {token}"}
+    principal = await authenticator.authenticate(GET_USER, metadata)
+    assert principal.kind == "user"
+    authn_us = await timed_us(lambda: authenticator.authenticate(GET_USER, metadata),
+                              VERIFY_CALLS, VERIFY_WARMUP)
+
+    print(f"JwtVerifier.verify            {summary(verify_us, 'us')}")
+    print(f"Authenticator.authenticate    {summary(authn_us, 'us')}")
+
+    heading("1b. Added cost seen by a client (in-process grpc.aio server, same loop)")
+    server = create_server(AuthConfig.from_env(Env(bench_env(redis, data_dir))))
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            username = unique_username("bench-rpc")
+            await register(stub, username)
+            login = await stub.Login(auth_pb2.LoginRequest(username=username,
+                                                           password=PASSWORD), timeout=30)
+            bearer = (("authorization", f"Bearer {login.tokens.access_token}"),)
+            me = auth_pb2.GetUserRequest(name="users/me")
+            jwks = auth_pb2.GetJwksRequest()
+            user = await stub.GetUser(me, metadata=bearer)
+            assert user.username == username
+            get_user_us = await timed_us(lambda: stub.GetUser(me, metadata=bearer),
+                                         RPC_CALLS, RPC_WARMUP)
+            jwks_us = await timed_us(lambda: stub.GetJwks(jwks), RPC_CALLS, RPC_WARMUP)
+            # GetJwks is public, but a presented token is still verified: same handler,
+            # with and without the JWT check, isolates the interceptor's auth cost.
+            jwks_token_us = await timed_us(lambda: stub.GetJwks(jwks, metadata=bearer),
+                                           RPC_CALLS, RPC_WARMUP)
+    finally:
+        await server.stop(0)
+
+    user_med = statistics.median(get_user_us)
+    jwks_med = statistics.median(jwks_us)
+    jwks_token_med = statistics.median(jwks_token_us)
+    print(f"GetUser users/me (token)      {summary(get_user_us, 'us')}")
+    print(f"GetJwks (no token)            {summary(jwks_us, 'us')}")
+    print(f"GetJwks (with token)          {summary(jwks_token_us, 'us')}")
+    print(f"GetUser - GetJwks (medians)           {user_med - jwks_med:9.1f} us   "
+          f"(ratio {user_med / jwks_med:.2f}x; includes GetUser's Redis reads)")
+    print(f"GetJwks+token - GetJwks (medians)     {jwks_token_med - jwks_med:9.1f} us   "
+          f"(ratio {jwks_token_med / jwks_med:.2f}x; token verification only)")
+
+
+# ---------------------------------------------------------------- server subprocess
+
+
+class AuthProcess:
+    """`python -m services.auth` in its own process, on a free 127.0.0.1 port."""
+
+    def __init__(self, redis: LocalRedis, data_dir: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._env = {**os.environ, **bench_env(redis, data_dir, self.port)}
+        self._log_path = data_dir / "auth-server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with open(self._log_path, "ab") as log:
+            self._process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+                [sys.executable, "-m", "services.auth"], cwd=REPO_ROOT, env=self._env,
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"auth server exited:\n{self.log_tail()}")
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"auth server not SERVING:\n{self.log_tail()}")
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+
+# ---------------------------------------------------------------- part 2: logins/s
+
+
+async def login_many(address: str, username: str, clients: int, total: int) -> list[float]:
+    """`total` logins shared among `clients` concurrent clients (one channel each);
+    returns per-login latencies in ms."""
+    remaining = [total]
+    latencies: list[float] = []
+
+    async def client() -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                started = time.perf_counter()
+                reply = await stub.Login(auth_pb2.LoginRequest(username=username,
+                                                               password=PASSWORD), timeout=120)
+                latencies.append((time.perf_counter() - started) * 1000.0)
+                assert reply.tokens.access_token
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def bcrypt_check_ms(samples: int = 3) -> float:
+    """Median time of one bcrypt check at BCRYPT_COST in this process, in ms."""
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(BCRYPT_COST))
+    times: list[float] = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        bcrypt.checkpw(PASSWORD.encode(), hashed)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+async def part_logins(server: AuthProcess, username: str, cores: int) -> None:
+    heading(f"2. Login throughput (server in a separate process, bcrypt cost {BCRYPT_COST})")
+    one_check_ms = bcrypt_check_ms()
+    started = time.perf_counter()
+    latencies = await login_many(server.address, username, LOGIN_CLIENTS, LOGIN_TOTAL)
+    elapsed = time.perf_counter() - started
+    rate = len(latencies) / elapsed
+    ceiling = cores * 1000.0 / one_check_ms
+    print(f"one bcrypt check (cost {BCRYPT_COST}, this process)  {one_check_ms:9.1f} ms")
+    print(f"logins: {len(latencies)} by {LOGIN_CLIENTS} concurrent clients in {elapsed:.2f} s")
+    print(f"throughput                          {rate:9.2f} logins/s")
+    print(f"bcrypt ceiling (cores / check time) {ceiling:9.2f} logins/s   "
+          f"(achieved {rate / ceiling:.0%} of it)")
+    print(f"login latency   {summary(latencies, 'ms')}")
+
+
+# ---------------------------------------------------------------- part 3: health under load
+
+
+async def probe_health(address: str, stop: asyncio.Event) -> list[float]:
+    """Health-check latencies in ms, one check every PROBE_INTERVAL_S until `stop`."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        await health.Check(request, timeout=5)  # connect before measuring
+        while not stop.is_set():
+            started = time.perf_counter()
+            reply = await health.Check(request, timeout=10)
+            elapsed = time.perf_counter() - started
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            latencies.append(elapsed * 1000.0)
+            await asyncio.sleep(max(0.0, PROBE_INTERVAL_S - elapsed))
+    return latencies
+
+
+async def part_health(server: AuthProcess, username: str) -> None:
+    heading("3. Event-loop responsiveness: grpc.health.v1.Health/Check every ~10 ms")
+    stop = asyncio.Event()
+    probe = asyncio.create_task(probe_health(server.address, stop))
+    await asyncio.sleep(BASELINE_PROBE_S)
+    stop.set()
+    baseline = await probe
+
+    stop = asyncio.Event()
+    probe = asyncio.create_task(probe_health(server.address, stop))
+    await asyncio.sleep(0.2)  # let the probe connect and settle
+    started = time.perf_counter()
+    try:
+        logins = await login_many(server.address, username, LOAD_LOGINS,
+                                  LOAD_LOGINS * LOAD_ROUNDS)
+    finally:
+        stop.set()
+    loaded = await probe
+    elapsed = time.perf_counter() - started
+
+    verdict = "OK" if percentile(loaded, 99) <= HEALTH_P99_TARGET_MS else "MISSED"
+    print(f"no load                 p50 {statistics.median(baseline):7.2f} ms   "
+          f"p99 {percentile(baseline, 99):7.2f} ms   max {max(baseline):7.2f} ms   "
+          f"(n={len(baseline)})")
+    print(f"{LOAD_LOGINS} concurrent logins   p50 {statistics.median(loaded):7.2f} ms   "
+          f"p99 {percentile(loaded, 99):7.2f} ms   max {max(loaded):7.2f} ms   "
+          f"(n={len(loaded)})")
+    print(f"target p99 <= {HEALTH_P99_TARGET_MS:.0f} ms under load: {verdict}   "
+          f"(p99 loaded / no load: "
+          f"{percentile(loaded, 99) / percentile(baseline, 99):.1f}x)")
+    print(f"load: {len(logins)} logins ({LOAD_LOGINS} in flight) in {elapsed:.2f} s, "
+          f"login {summary(logins, 'ms')}")
+
+
+# ---------------------------------------------------------------- main
+
+
+async def run(root: Path, cores: int) -> None:
+    redis = LocalRedis(root / "redis", free_port(), persistent=False)
+    redis.start()
+    try:
+        await part_jwt(redis, root / "data-inprocess")
+        server = AuthProcess(redis, root / "data-subprocess")
+        try:
+            await server.start()
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                username = unique_username("bench-login")
+                await register(auth_pb2_grpc.AuthServiceStub(channel), username)
+            await part_logins(server, username, cores)
+            await part_health(server, username)
+        finally:
+            server.stop()
+    finally:
+        redis.stop()
+
+
+def main() -> None:
+    cores = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    print("llmmesh auth benchmark")
+    print(f"cores: {cores} (usable by this process: {usable}); python {sys.version.split()[0]}; "
+          f"grpcio {grpc.__version__}; bcrypt {bcrypt.__version__}")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmmesh-bench-") as root:
+        asyncio.run(run(Path(root), usable))
+    print()
+    print(f"total bench time: {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
