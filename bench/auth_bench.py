@@ -47,7 +47,7 @@ from services.runtime.config import Env
 from services.runtime.jwt_verify import JwksCache, JwtVerifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE_TOKEN = "bench-service-token-" + "x" * 32  # noqa: S105 — a throwaway local credential
+SERVICE_TOKEN = "bench-service-token-" + "x" * 32
 PASSWORD = "correct horse battery"  # noqa: S105 — a throwaway local password
 BCRYPT_COST = 12
 ISSUER = "llmmesh-auth"
@@ -93,15 +93,22 @@ def heading(title: str) -> None:
     print("-" * len(title))
 
 
-async def timed_us(call: Callable[[], Awaitable[Any]], count: int, warmup: int) -> list[float]:
-    """Microseconds per `await call()`, after `warmup` unrecorded calls."""
+async def timed_us(calls: Sequence[Callable[[], Awaitable[Any]]], count: int,
+                   warmup: int) -> list[list[float]]:
+    """Microseconds per `await call()` for each of `calls`, after `warmup` unrecorded rounds.
+
+    The calls are interleaved (one of each per round) so that they see the same machine
+    conditions; a shared two-core VM drifts by tens of percent between blocks of calls.
+    """
     for _ in range(warmup):
-        await call()
-    samples: list[float] = []
+        for call in calls:
+            await call()
+    samples: list[list[float]] = [[] for _ in calls]
     for _ in range(count):
-        started = time.perf_counter_ns()
-        await call()
-        samples.append((time.perf_counter_ns() - started) / 1000.0)
+        for call, recorded in zip(calls, samples, strict=True):
+            started = time.perf_counter_ns()
+            await call()
+            recorded.append((time.perf_counter_ns() - started) / 1000.0)
     return samples
 
 
@@ -145,14 +152,14 @@ async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
     verifier = JwtVerifier(JwksCache(fetch), issuer=ISSUER, audience=AUDIENCE)
     verified = await verifier.verify(token)  # also warms the cache
     assert verified.username == "bench-user"
-    verify_us = await timed_us(lambda: verifier.verify(token), VERIFY_CALLS, VERIFY_WARMUP)
-
     authenticator = Authenticator(verifier, SERVICE_TOKEN, POLICY)
     metadata = {"authorization": f"Bearer {token}"}
     principal = await authenticator.authenticate(GET_USER, metadata)
     assert principal.kind == "user"
-    authn_us = await timed_us(lambda: authenticator.authenticate(GET_USER, metadata),
-                              VERIFY_CALLS, VERIFY_WARMUP)
+    verify_us, authn_us = await timed_us(
+        [lambda: verifier.verify(token),
+         lambda: authenticator.authenticate(GET_USER, metadata)],
+        VERIFY_CALLS, VERIFY_WARMUP)
 
     print(f"JwtVerifier.verify            {summary(verify_us, 'us')}")
     print(f"Authenticator.authenticate    {summary(authn_us, 'us')}")
@@ -172,13 +179,13 @@ async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
             jwks = auth_pb2.GetJwksRequest()
             user = await stub.GetUser(me, metadata=bearer)
             assert user.username == username
-            get_user_us = await timed_us(lambda: stub.GetUser(me, metadata=bearer),
-                                         RPC_CALLS, RPC_WARMUP)
-            jwks_us = await timed_us(lambda: stub.GetJwks(jwks), RPC_CALLS, RPC_WARMUP)
-            # GetJwks is public, but a presented token is still verified: same handler,
-            # with and without the JWT check, isolates the interceptor's auth cost.
-            jwks_token_us = await timed_us(lambda: stub.GetJwks(jwks, metadata=bearer),
-                                           RPC_CALLS, RPC_WARMUP)
+            # GetJwks is public, but a presented token is still verified: the same
+            # handler with and without a token isolates the interceptor's JWT cost.
+            get_user_us, jwks_us, jwks_token_us = await timed_us(
+                [lambda: stub.GetUser(me, metadata=bearer),
+                 lambda: stub.GetJwks(jwks),
+                 lambda: stub.GetJwks(jwks, metadata=bearer)],
+                RPC_CALLS, RPC_WARMUP)
     finally:
         await server.stop(0)
 
@@ -197,27 +204,46 @@ async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
 # ---------------------------------------------------------------- server subprocess
 
 
-class AuthProcess:
-    """`python -m services.auth` in its own process, on a free 127.0.0.1 port."""
+class ServerExited(RuntimeError):
+    """The auth server process ended before it answered SERVING."""
 
-    def __init__(self, redis: LocalRedis, data_dir: Path) -> None:
+
+MODULE_LAUNCH = ("-m", "services.auth")
+BENCH_LAUNCH = (str(Path(__file__).resolve()), "--serve-auth")
+
+
+class AuthProcess:
+    """The auth server in its own process, on a free 127.0.0.1 port.
+
+    `launch` is what follows the interpreter on the command line: `-m services.auth`
+    (the shipped entry point) or this script's `--serve-auth` mode (the same server,
+    built inside the running event loop).
+    """
+
+    def __init__(self, redis: LocalRedis, data_dir: Path, launch: Sequence[str]) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self._launch = list(launch)
         self._env = {**os.environ, **bench_env(redis, data_dir, self.port)}
-        self._log_path = data_dir / "auth-server.log"
+        self._log_path = data_dir / f"auth-server-{self.port}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
-            self._process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
-                [sys.executable, "-m", "services.auth"], cwd=REPO_ROOT, env=self._env,
+            return subprocess.Popen(
+                [sys.executable, *self._launch], cwd=REPO_ROOT, env=self._env,
                 stdout=log, stderr=subprocess.STDOUT)
+
+    async def start(self) -> None:
+        """Spawn the server and wait until its health check answers SERVING."""
+        self._process = self._spawn()
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         async with grpc.aio.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self._process.poll() is not None:
-                    raise RuntimeError(f"auth server exited:\n{self.log_tail()}")
+                    raise ServerExited(f"auth server exited:\n{self.log_tail()}")
                 try:
                     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -238,9 +264,10 @@ class AuthProcess:
             self._process.kill()
             self._process.wait()
 
-    def log_tail(self) -> str:
+    def log_tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-20:])
+            text = self._log_path.read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
         except OSError:
             return "(no log)"
 
@@ -353,14 +380,35 @@ async def part_health(server: AuthProcess, username: str) -> None:
 # ---------------------------------------------------------------- main
 
 
+async def start_auth_process(redis: LocalRedis, data_dir: Path) -> AuthProcess:
+    """A started auth server process: `python -m services.auth` when it starts, else the
+    same server through this script's `--serve-auth` mode (noted in the output)."""
+    server = AuthProcess(redis, data_dir, MODULE_LAUNCH)
+    try:
+        await server.start()
+    except ServerExited:
+        last = server.log_tail(1).strip()
+        server.stop()
+        print(f"note: `python -m services.auth` exited during start-up ({last[:160]}); "
+              f"serving with `{Path(__file__).name} --serve-auth` instead "
+              f"(same create_server, built inside the running event loop)")
+        server = AuthProcess(redis, data_dir, BENCH_LAUNCH)
+        try:
+            await server.start()
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
 async def run(root: Path, cores: int) -> None:
     redis = LocalRedis(root / "redis", free_port(), persistent=False)
     redis.start()
     try:
         await part_jwt(redis, root / "data-inprocess")
-        server = AuthProcess(redis, root / "data-subprocess")
+        print()
+        server = await start_auth_process(redis, root / "data-subprocess")
         try:
-            await server.start()
             async with grpc.aio.insecure_channel(server.address) as channel:
                 username = unique_username("bench-login")
                 await register(auth_pb2_grpc.AuthServiceStub(channel), username)
@@ -372,7 +420,25 @@ async def run(root: Path, cores: int) -> None:
         redis.stop()
 
 
+def serve_auth() -> None:
+    """`--serve-auth`: run the auth server from the environment until SIGTERM/SIGINT,
+    as `services.auth.server.main` does but creating the server inside the loop."""
+    from services.runtime.logs import configure_logging
+    from services.runtime.server import serve_until_signalled
+
+    config = AuthConfig.from_env()
+    configure_logging("auth", config.runtime.log_level)
+
+    async def serve() -> None:
+        await serve_until_signalled(create_server(config))
+
+    asyncio.run(serve())
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--serve-auth"]:
+        serve_auth()
+        return
     cores = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     print("llmmesh auth benchmark")

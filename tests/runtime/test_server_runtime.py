@@ -1,0 +1,206 @@
+"""The shared runtime over real sockets: health, reflection, error mapping, request
+ids, metrics, graceful shutdown and identity/deadline forwarding to peers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.chat.server import create_server as create_chat_server
+from services.document.server import create_server as create_document_server
+from services.embedding.server import create_server as create_embedding_server
+from services.runtime.authn import AccessPolicy
+from services.runtime.config import Env, RuntimeConfig
+from services.runtime.context import current_principal, remaining_deadline
+from services.runtime.errors import FieldViolation, InvalidArgument
+from services.runtime.peers import peer_channel
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier
+from tests.conftest import SERVICE_TOKEN, mesh_env
+from tests.helpers import LoggedIn, error_info, field_violations, rich_status
+
+PROBE = "llmmesh.test.Probe"
+
+
+async def _no_keys() -> dict[str, object]:
+    return {"keys": []}
+
+
+def _probe_server(env: dict[str, str], handlers: dict[str, grpc.RpcMethodHandler],
+                  fetch=_no_keys, public: bool = True) -> MeshServer:  # type: ignore[no-untyped-def]
+    config = RuntimeConfig.from_env("embedding", Env(env))
+    names = [f"/{PROBE}/{name}" for name in handlers]
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(PROBE, handlers)])
+
+    policy = AccessPolicy.build(public=names if public else ())
+    return MeshServer(config, ServiceSpec(names=[PROBE], register=register, policy=policy),
+                      build_verifier(config, fetch))
+
+
+@pytest.fixture
+def env(redis_server, data_dir, auth_address) -> dict[str, str]:
+    return mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address)
+
+
+@pytest.mark.parametrize("factory", [create_chat_server, create_document_server,
+                                     create_embedding_server])
+async def test_health_and_reflection_on_every_service(factory, env, auth_server) -> None:
+    service = factory.__module__.split(".")[1]
+    server = factory(RuntimeConfig.from_env(service, Env(env)))
+    servers = [(server, await server.start()), (auth_server, auth_server.port)]
+    try:
+        for mesh_server, port in servers:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for name in ["", *mesh_server.spec.names]:
+                    answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+                reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+                responses = reflection.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+                listed = {s.name async for r in responses
+                          for s in r.list_services_response.service}
+                assert set(mesh_server.spec.names) <= listed
+                assert "grpc.health.v1.Health" in listed
+    finally:
+        await server.stop(0)
+
+
+async def test_errors_are_mapped_and_never_leak_a_traceback(env) -> None:
+    async def invalid(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        raise InvalidArgument([FieldViolation("thing.size", "must be positive")])
+
+    async def crash(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        raise KeyError("secret internal detail")
+
+    server = _probe_server(env, {
+        "Invalid": grpc.unary_unary_rpc_method_handler(invalid),
+        "Crash": grpc.unary_unary_rpc_method_handler(crash),
+    })
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as invalid_error:
+                await channel.unary_unary(f"/{PROBE}/Invalid")(
+                    b"", metadata=(("x-request-id", "req-123"),))
+            assert invalid_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert field_violations(invalid_error.value) == {"thing.size": "must be positive"}
+            status = rich_status(invalid_error.value)
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert ("x-request-id", "req-123") in tuple(invalid_error.value.trailing_metadata())
+
+            with pytest.raises(grpc.aio.AioRpcError) as crash_error:
+                await channel.unary_unary(f"/{PROBE}/Crash")(b"")
+            assert crash_error.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in crash_error.value.details()
+            assert "Traceback" not in crash_error.value.details()
+            assert error_info(crash_error.value).reason == "INTERNAL"
+    finally:
+        await server.stop(0)
+    handled = server.metrics.registry.get_sample_value(
+        "llmmesh_grpc_server_errors_total",
+        {"grpc_service": PROBE, "grpc_method": "Crash", "grpc_code": "INTERNAL"})
+    assert handled == 1
+
+
+async def test_metrics_are_served_over_http(env) -> None:
+    async def ok(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        return b"pong"
+
+    from tests.conftest import free_port
+
+    env = {**env, "LLMMESH_EMBEDDING_METRICS_PORT": str(free_port())}
+    server = _probe_server(env, {"Ping": grpc.unary_unary_rpc_method_handler(ok)})
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(3):
+                assert await channel.unary_unary(f"/{PROBE}/Ping")(b"") == b"pong"
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        text = body.decode()
+        assert ('llmmesh_grpc_server_handling_seconds_count{grpc_code="OK",'
+                'grpc_method="Ping",grpc_service="llmmesh.test.Probe"} 3.0') in text
+        assert "llmmesh_grpc_server_in_flight" in text
+    finally:
+        await server.stop(0)
+
+
+async def test_shutdown_drains_in_flight_streams_and_refuses_new_calls(env) -> None:
+    async def count(request: bytes, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+        for i in range(6):
+            await asyncio.sleep(0.1)
+            yield str(i).encode()
+
+    server = _probe_server(env, {"Count": grpc.unary_stream_rpc_method_handler(count)})
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = channel.unary_stream(f"/{PROBE}/Count")(b"")
+        first = await stream.read()
+        stopping = asyncio.create_task(server.stop(grace=5))
+        await asyncio.sleep(0.05)
+        health = health_pb2_grpc.HealthStub(channel)
+        rest = []
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            rest.append(message)
+        assert [first, *rest] == [str(i).encode() for i in range(6)]
+        assert await stream.code() == grpc.StatusCode.OK
+        await stopping
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        assert refused.value.code() in {grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+async def test_peer_channel_forwards_identity_request_id_and_deadline(
+        env, auth_server, alice: LoggedIn) -> None:
+    """A service calling another forwards the caller's token and request id, presents
+    the service credential, and never waits past its own caller's deadline."""
+    from services.runtime.jwks_client import remote_jwks_fetcher
+
+    seen: dict[str, object] = {}
+
+    async def downstream(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        metadata = dict(context.invocation_metadata())
+        seen.update(subject=current_principal().subject, request_id=metadata.get("x-request-id"),
+                    service_token=metadata.get("x-llmmesh-service-token"),
+                    remaining=context.time_remaining())
+        return b"done"
+
+    auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}")
+    down = _probe_server(env, {"Down": grpc.unary_unary_rpc_method_handler(downstream)},
+                         fetch=remote_jwks_fetcher(auth_channel), public=False)
+    down_port = await down.start()
+    peer = peer_channel(f"127.0.0.1:{down_port}", SERVICE_TOKEN, default_timeout=30)
+
+    async def upstream(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+        seen["upstream_remaining"] = remaining_deadline()
+        return await peer.unary_unary(f"/{PROBE}/Down")(b"")
+
+    up = _probe_server(env, {"Up": grpc.unary_unary_rpc_method_handler(upstream)},
+                       fetch=remote_jwks_fetcher(auth_channel), public=False)
+    up_port = await up.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{up_port}") as channel:
+            started = time.monotonic()
+            answer = await channel.unary_unary(f"/{PROBE}/Up")(
+                b"", timeout=2.0, metadata=(*alice.metadata, ("x-request-id", "trace-42")))
+        assert answer == b"done" and time.monotonic() - started < 2
+        assert seen["subject"] == alice.user_id
+        assert seen["request_id"] == "trace-42"
+        assert seen["service_token"] == SERVICE_TOKEN
+        assert 0 < float(seen["remaining"]) <= 2.0  # the 30 s default was capped by ours
+    finally:
+        await up.stop(0)
+        await down.stop(0)
+        await peer.close()
+        await auth_channel.close()
