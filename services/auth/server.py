@@ -73,4 +73,4 @@ def main() -> None:
 
     config = AuthConfig.from_env()
     configure_logging("auth", config.runtime.log_level)
-    asyncio.run(serve_until_signalled(create_server(config)))
+    asyncio.run(serve_until_signalled(lambda: create_server(config)))

@@ -39,8 +39,5 @@ def run_placeholder(service: str, full_name: str, servicer: Any,
     config = RuntimeConfig.from_env(service)
     configure_logging(service, config.log_level)
 
-    async def run() -> None:
-        await serve_until_signalled(
-            create_placeholder_server(service, full_name, servicer, add, config))
-
-    asyncio.run(run())
+    asyncio.run(serve_until_signalled(
+        lambda: create_placeholder_server(service, full_name, servicer, add, config)))

@@ -105,8 +105,10 @@ class MeshServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signalled(server: MeshServer) -> None:
-    """Start `server` and run until SIGTERM or SIGINT, then stop it gracefully."""
+async def serve_until_signalled(build: Callable[[], MeshServer]) -> None:
+    """Build a server inside the running loop (grpc.aio binds to it), start it and run
+    until SIGTERM or SIGINT, then stop it gracefully."""
+    server = build()
     await server.start()
     loop = asyncio.get_running_loop()
     stopping: asyncio.Future[None] = loop.create_future()

@@ -1,0 +1,1 @@
+"""The Python edge (JWT checks, rate limiting, REST→gRPC transcoding); built in the edge issue."""

@@ -1,0 +1,5 @@
+import sys
+
+from services.mesh.launcher import main
+
+sys.exit(main())
