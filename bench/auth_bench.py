@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,17 @@ class AuthProcess:
             self._process.kill()
             self._process.wait()
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process has used (Linux /proc), or None."""
+        if self._process is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self._process.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self._log_path.read_text(errors="replace")
@@ -296,30 +308,42 @@ async def login_many(address: str, username: str, clients: int, total: int) -> l
     return latencies
 
 
-def bcrypt_check_ms(samples: int = 3) -> float:
-    """Median time of one bcrypt check at BCRYPT_COST in this process, in ms."""
+def bcrypt_rates(threads: int, checks_per_thread: int = 2) -> tuple[float, float]:
+    """bcrypt checks/s at BCRYPT_COST in this process: one thread, then `threads` at once."""
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(BCRYPT_COST))
-    times: list[float] = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        bcrypt.checkpw(PASSWORD.encode(), hashed)
-        times.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(times)
+
+    def check(_: int) -> bool:
+        return bcrypt.checkpw(PASSWORD.encode(), hashed)
+
+    rates: list[float] = []
+    for workers in (1, threads):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            started = time.perf_counter()
+            assert all(pool.map(check, range(workers * checks_per_thread)))
+            rates.append(workers * checks_per_thread / (time.perf_counter() - started))
+    return rates[0], rates[1]
 
 
 async def part_logins(server: AuthProcess, username: str, cores: int) -> None:
     heading(f"2. Login throughput (server in a separate process, bcrypt cost {BCRYPT_COST})")
-    one_check_ms = bcrypt_check_ms()
+    single_rate, parallel_rate = bcrypt_rates(cores)
+    cpu_before = server.cpu_seconds()
     started = time.perf_counter()
     latencies = await login_many(server.address, username, LOGIN_CLIENTS, LOGIN_TOTAL)
     elapsed = time.perf_counter() - started
+    cpu_after = server.cpu_seconds()
     rate = len(latencies) / elapsed
-    ceiling = cores * 1000.0 / one_check_ms
-    print(f"one bcrypt check (cost {BCRYPT_COST}, this process)  {one_check_ms:9.1f} ms")
+    print(f"bcrypt check (cost {BCRYPT_COST}), bare, this process: "
+          f"{1000.0 / single_rate:.1f} ms each; {single_rate:.2f} checks/s on 1 thread, "
+          f"{parallel_rate:.2f} checks/s on {cores} threads")
     print(f"logins: {len(latencies)} by {LOGIN_CLIENTS} concurrent clients in {elapsed:.2f} s")
-    print(f"throughput                          {rate:9.2f} logins/s")
-    print(f"bcrypt ceiling (cores / check time) {ceiling:9.2f} logins/s   "
-          f"(achieved {rate / ceiling:.0%} of it)")
+    print(f"throughput                          {rate:9.2f} logins/s   "
+          f"({rate / parallel_rate:.0%} of the bare {cores}-thread bcrypt rate)")
+    if cpu_before is not None and cpu_after is not None:
+        per_login_ms = (cpu_after - cpu_before) * 1000.0 / len(latencies)
+        print(f"server CPU per login                {per_login_ms:9.1f} ms   "
+              f"(server process busy {(cpu_after - cpu_before) / elapsed / cores:.0%} "
+              f"of {cores} cores)")
     print(f"login latency   {summary(latencies, 'ms')}")
 
 
@@ -354,6 +378,7 @@ async def part_health(server: AuthProcess, username: str) -> None:
     stop = asyncio.Event()
     probe = asyncio.create_task(probe_health(server.address, stop))
     await asyncio.sleep(0.2)  # let the probe connect and settle
+    cpu_before = server.cpu_seconds()
     started = time.perf_counter()
     try:
         logins = await login_many(server.address, username, LOAD_LOGINS,
@@ -362,6 +387,7 @@ async def part_health(server: AuthProcess, username: str) -> None:
         stop.set()
     loaded = await probe
     elapsed = time.perf_counter() - started
+    cpu_after = server.cpu_seconds()
 
     verdict = "OK" if percentile(loaded, 99) <= HEALTH_P99_TARGET_MS else "MISSED"
     print(f"no load                 p50 {statistics.median(baseline):7.2f} ms   "
@@ -375,6 +401,9 @@ async def part_health(server: AuthProcess, username: str) -> None:
           f"{percentile(loaded, 99) / percentile(baseline, 99):.1f}x)")
     print(f"load: {len(logins)} logins ({LOAD_LOGINS} in flight) in {elapsed:.2f} s, "
           f"login {summary(logins, 'ms')}")
+    if cpu_before is not None and cpu_after is not None:
+        print(f"server process busy {(cpu_after - cpu_before) / elapsed:.2f} CPU-seconds/s "
+              f"during the load")
 
 
 # ---------------------------------------------------------------- main
@@ -387,9 +416,9 @@ async def start_auth_process(redis: LocalRedis, data_dir: Path) -> AuthProcess:
     try:
         await server.start()
     except ServerExited:
-        last = server.log_tail(1).strip()
+        last = server.log_tail(1).strip()[-90:]
         server.stop()
-        print(f"note: `python -m services.auth` exited during start-up ({last[:160]}); "
+        print(f"note: `python -m services.auth` exited during start-up (...{last}); "
               f"serving with `{Path(__file__).name} --serve-auth` instead "
               f"(same create_server, built inside the running event loop)")
         server = AuthProcess(redis, data_dir, BENCH_LAUNCH)

@@ -137,7 +137,7 @@ class _Call:
         if isinstance(error, grpc.aio.AbortError):
             self.code = _context_code(self.context)
             return
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):  # the client went away
             self.code = grpc.StatusCode.CANCELLED
             return
         if isinstance(error, NotImplementedError):  # generated servicer base classes
