@@ -191,6 +191,11 @@ class QuotaLedger:
                                                     args=[self._default_limit])
         return QuotaSnapshot(month, int(used), int(reserved), int(limit))
 
+    async def limit(self, user_id: str) -> int:
+        """The user's monthly limit: their override or the default."""
+        override = await self._redis.get(_limit_key(user_id))
+        return int(override) if override is not None else self._default_limit
+
     async def set_limit(self, user_id: str, limit: int) -> int:
         """Override a user's monthly limit; 0 restores the default. Returns the limit now."""
         key = _limit_key(user_id)

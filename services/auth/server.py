@@ -52,7 +52,7 @@ def create_server(config: AuthConfig) -> MeshServer:
 
     def register(server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
-            AuthServicer(accounts, ledger, jwks, config.default_monthly_token_limit), server)
+            AuthServicer(accounts, ledger, jwks), server)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(ledger), server)
 
     async def close() -> None:

@@ -24,12 +24,10 @@ MAX_TOKENS_PER_CALL = 10_000_000
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """The public auth API."""
 
-    def __init__(self, accounts: Accounts, ledger: QuotaLedger, jwks: bytes,
-                 default_limit: int) -> None:
+    def __init__(self, accounts: Accounts, ledger: QuotaLedger, jwks: bytes) -> None:
         self._accounts = accounts
         self._ledger = ledger
         self._jwks = jwks
-        self._default_limit = default_limit
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest,
                          context: grpc.aio.ServicerContext) -> auth_pb2.User:
@@ -84,7 +82,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return httpbody_pb2.HttpBody(content_type="application/json", data=self._jwks)
 
     async def _user(self, record: UserRecord) -> auth_pb2.User:
-        limit = (await self._ledger.snapshot(record.id, current_month())).limit
+        limit = await self._ledger.limit(record.id)
         return auth_pb2.User(name=f"users/{record.id}", username=record.username,
                              email=record.email, create_time=_timestamp(record.create_time),
                              monthly_token_limit=limit)

@@ -166,3 +166,17 @@ async def test_quota_methods_refuse_callers_without_the_service_credential(
             await quota_stub.ReserveTokens(request, metadata=metadata)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_info(caught.value).reason == "SERVICE_CREDENTIAL_REQUIRED"
+
+
+async def test_a_users_own_limit_shows_on_their_profile_and_can_be_cleared(
+        quota_stub, auth_stub, alice: LoggedIn) -> None:
+    await _limit(quota_stub, alice.user_id, 2500)
+    me = await auth_stub.GetUser(auth_pb2.GetUserRequest(name="users/me"),
+                                 metadata=alice.metadata)
+    assert me.monthly_token_limit == 2500
+    assert (await _usage(auth_stub, alice)).token_limit == 2500
+    cleared = await quota_stub.SetTokenLimit(
+        quota_pb2.SetTokenLimitRequest(user_id=alice.user_id, monthly_token_limit=0),
+        metadata=SERVICE_METADATA)
+    assert cleared.monthly_token_limit == 100_000
+    assert (await _usage(auth_stub, alice)).token_limit == 100_000
