@@ -31,6 +31,9 @@ stamp=$(cat constraints.txt pyproject.toml api/python/pyproject.toml | sha256sum
 if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
   echo "setup: installing Python packages (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch first, pinned to the CPU build: anything that pulls torch in later would
+  # otherwise fetch a multi-GB GPU build.
+  .venv/bin/python -m pip install --quiet -c constraints.txt torch
   .venv/bin/python -m pip install --quiet -c constraints.txt -e api/python -e ".${extras}"
   echo "$stamp" > "$stamp_file"
 fi

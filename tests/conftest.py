@@ -8,9 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
+from llmmesh.embedding.v1 import embedding_pb2_grpc
 
 from services.auth.config import AuthConfig
 from services.auth.server import create_server
+from services.embedding.config import EmbeddingConfig
+from services.embedding.server import create_server as create_embedding_server
 from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
@@ -75,6 +78,29 @@ def auth_stub(auth_channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
 @pytest.fixture(scope="session")
 def quota_stub(auth_channel: grpc.aio.Channel) -> quota_pb2_grpc.QuotaServiceStub:
     return quota_pb2_grpc.QuotaServiceStub(auth_channel)
+
+
+@pytest.fixture(scope="session")
+async def embedding_server(redis_server: LocalRedis, data_dir: Path,
+                           auth_address: str) -> AsyncIterator[MeshServer]:
+    """The embedding service with the real local model (loads once per session)."""
+    env = mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address)
+    server = create_embedding_server(EmbeddingConfig.from_env(Env(env)))
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def embedding_address(embedding_server: MeshServer) -> str:
+    return f"127.0.0.1:{embedding_server.port}"
+
+
+@pytest.fixture(scope="session")
+async def embedding_stub(embedding_address: str) -> AsyncIterator[
+        embedding_pb2_grpc.EmbeddingServiceStub]:
+    async with grpc.aio.insecure_channel(embedding_address) as channel:
+        yield embedding_pb2_grpc.EmbeddingServiceStub(channel)
 
 
 @pytest.fixture

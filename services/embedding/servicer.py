@@ -1,0 +1,41 @@
+"""gRPC transport for the embedding service."""
+
+from __future__ import annotations
+
+import grpc
+from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+
+from services.embedding.registry import ModelRegistry
+from services.runtime.paging import decode_page_token, encode_page_token, page_size
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def Embed(self, request: embedding_pb2.EmbedRequest,
+                    context: grpc.aio.ServicerContext) -> embedding_pb2.EmbedResponse:
+        result = await self._registry.embed(list(request.texts), request.model)
+        return embedding_pb2.EmbedResponse(
+            embeddings=[embedding_pb2.Embedding(values=v) for v in result.embedded.vectors],
+            model=result.model.model_id,
+            dimension=result.model.dimension,
+            usage=embedding_pb2.EmbeddingUsage(texts=len(request.texts),
+                                               characters=result.characters,
+                                               tokens=result.embedded.tokens))
+
+    async def ListEmbeddingModels(
+            self, request: embedding_pb2.ListEmbeddingModelsRequest,
+            context: grpc.aio.ServicerContext) -> embedding_pb2.ListEmbeddingModelsResponse:
+        size = page_size(request.page_size, default=50, maximum=100)
+        start = decode_page_token(request.page_token, ["embeddingModels"])
+        models = sorted(self._registry.models(), key=lambda m: m.model_id)
+        page = models[start:start + size]
+        following = start + size
+        return embedding_pb2.ListEmbeddingModelsResponse(
+            embedding_models=[embedding_pb2.EmbeddingModel(
+                name=f"embeddingModels/{m.model_id}", model_id=m.model_id,
+                dimension=m.dimension, provider=m.provider,
+                default=m.model_id == self._registry.default_model) for m in page],
+            next_page_token=(encode_page_token(following, ["embeddingModels"])
+                             if following < len(models) else ""))
