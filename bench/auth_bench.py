@@ -210,15 +210,12 @@ class ServerExited(RuntimeError):
 
 
 MODULE_LAUNCH = ("-m", "services.auth")
-BENCH_LAUNCH = (str(Path(__file__).resolve()), "--serve-auth")
 
 
 class AuthProcess:
     """The auth server in its own process, on a free 127.0.0.1 port.
 
-    `launch` is what follows the interpreter on the command line: `-m services.auth`
-    (the shipped entry point) or this script's `--serve-auth` mode (the same server,
-    built inside the running event loop).
+    `launch` is what follows the interpreter on the command line (`-m services.auth`).
     """
 
     def __init__(self, redis: LocalRedis, data_dir: Path, launch: Sequence[str]) -> None:
@@ -410,23 +407,13 @@ async def part_health(server: AuthProcess, username: str) -> None:
 
 
 async def start_auth_process(redis: LocalRedis, data_dir: Path) -> AuthProcess:
-    """A started auth server process: `python -m services.auth` when it starts, else the
-    same server through this script's `--serve-auth` mode (noted in the output)."""
+    """A started `python -m services.auth` process."""
     server = AuthProcess(redis, data_dir, MODULE_LAUNCH)
     try:
         await server.start()
-    except ServerExited:
-        last = server.log_tail(1).strip()[-90:]
+    except BaseException:
         server.stop()
-        print(f"note: `python -m services.auth` exited during start-up (...{last}); "
-              f"serving with `{Path(__file__).name} --serve-auth` instead "
-              f"(same create_server, built inside the running event loop)")
-        server = AuthProcess(redis, data_dir, BENCH_LAUNCH)
-        try:
-            await server.start()
-        except BaseException:
-            server.stop()
-            raise
+        raise
     return server
 
 
@@ -435,7 +422,6 @@ async def run(root: Path, cores: int) -> None:
     redis.start()
     try:
         await part_jwt(redis, root / "data-inprocess")
-        print()
         server = await start_auth_process(redis, root / "data-subprocess")
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
@@ -449,35 +435,28 @@ async def run(root: Path, cores: int) -> None:
         redis.stop()
 
 
-def serve_auth() -> None:
-    """`--serve-auth`: run the auth server from the environment until SIGTERM/SIGINT,
-    as `services.auth.server.main` does but creating the server inside the loop."""
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import serve_until_signalled
-
-    config = AuthConfig.from_env()
-    configure_logging("auth", config.runtime.log_level)
-
-    async def serve() -> None:
-        await serve_until_signalled(create_server(config))
-
-    asyncio.run(serve())
-
-
 def main() -> None:
-    if sys.argv[1:] == ["--serve-auth"]:
-        serve_auth()
-        return
     cores = os.cpu_count() or 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     print("llmmesh auth benchmark")
     print(f"cores: {cores} (usable by this process: {usable}); python {sys.version.split()[0]}; "
           f"grpcio {grpc.__version__}; bcrypt {bcrypt.__version__}")
+    print(f"load average before the run: {load_average()}  (other work on the machine "
+          f"skews every figure; rerun when it is near 0)")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmmesh-bench-") as root:
         asyncio.run(run(Path(root), usable))
     print()
-    print(f"total bench time: {time.perf_counter() - started:.1f} s")
+    print(f"total bench time: {time.perf_counter() - started:.1f} s; "
+          f"load average after: {load_average()}")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, or 'n/a' where the OS has none."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
   # otherwise fetch a multi-GB GPU build.
   .venv/bin/python -m pip install --quiet -c constraints.txt torch
   .venv/bin/python -m pip install --quiet -c constraints.txt -e api/python -e ".${extras}"
+  # xds-protos ships an older copy of the opentelemetry protos over opentelemetry-proto's
+  # files, which breaks chromadb's telemetry imports; put the real package back on top.
+  .venv/bin/python -m pip install --quiet --force-reinstall --no-deps -c constraints.txt \
+    opentelemetry-proto
   echo "$stamp" > "$stamp_file"
 fi
 

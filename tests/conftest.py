@@ -8,10 +8,13 @@ from pathlib import Path
 import grpc
 import pytest
 from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
+from llmmesh.document.v1 import document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2_grpc
 
 from services.auth.config import AuthConfig
 from services.auth.server import create_server
+from services.document.config import DocumentConfig
+from services.document.server import create_server as create_document_server
 from services.embedding.config import EmbeddingConfig
 from services.embedding.server import create_server as create_embedding_server
 from services.mesh.redis_server import LocalRedis, free_port
@@ -101,6 +104,37 @@ async def embedding_stub(embedding_address: str) -> AsyncIterator[
         embedding_pb2_grpc.EmbeddingServiceStub]:
     async with grpc.aio.insecure_channel(embedding_address) as channel:
         yield embedding_pb2_grpc.EmbeddingServiceStub(channel)
+
+
+def document_env(redis_server: LocalRedis, data_dir: Path, auth_address: str,
+                 embedding_address: str, **extra: str) -> dict[str, str]:
+    """Small embedding batches, so tests see ingestion progress batch by batch."""
+    return mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address,
+                    LLMMESH_EMBEDDING_ADDRESS=embedding_address,
+                    **{"LLMMESH_DOCUMENT_EMBED_BATCH_SIZE": "8", **extra})
+
+
+@pytest.fixture(scope="session")
+async def document_server(redis_server: LocalRedis, data_dir: Path, auth_address: str,
+                          embedding_address: str) -> AsyncIterator[MeshServer]:
+    """The document service over embedded Chroma in the session's data dir."""
+    env = document_env(redis_server, data_dir, auth_address, embedding_address)
+    server = create_document_server(DocumentConfig.from_env(Env(env)))
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def document_address(document_server: MeshServer) -> str:
+    return f"127.0.0.1:{document_server.port}"
+
+
+@pytest.fixture(scope="session")
+async def document_stub(document_address: str) -> AsyncIterator[
+        document_pb2_grpc.DocumentServiceStub]:
+    async with grpc.aio.insecure_channel(document_address) as channel:
+        yield document_pb2_grpc.DocumentServiceStub(channel)
 
 
 @pytest.fixture

@@ -1,23 +1,63 @@
-"""Builds the document server. Its RPCs answer UNIMPLEMENTED until the document issue lands."""
+"""Builds the document server: Chroma, Redis records, the embedding client, servicers."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
-from services.runtime.config import RuntimeConfig
-from services.runtime.placeholder import create_placeholder_server, run_placeholder
-from services.runtime.server import MeshServer
+from services.document.chunk_store import ChunkStore
+from services.document.chunking import Chunker
+from services.document.config import DocumentConfig
+from services.document.embedding_client import EmbeddingClient
+from services.document.ingestion import Ingestor
+from services.document.library import DocumentLibrary
+from services.document.records import DocumentRecords
+from services.document.servicer import DocumentServicer
+from services.runtime.authn import AccessPolicy
+from services.runtime.jwks_client import remote_jwks_fetcher
+from services.runtime.peers import peer_channel
+from services.runtime.redis_client import redis_client
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier
 
 SERVICE = document_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name
+EMBED_TIMEOUT_SECONDS = 120.0
 
 
-def create_server(config: RuntimeConfig | None = None) -> MeshServer:
+def create_server(config: DocumentConfig) -> MeshServer:
     """The document server, unstarted."""
-    return create_placeholder_server(
-        "document", SERVICE, document_pb2_grpc.DocumentServiceServicer(),
-        document_pb2_grpc.add_DocumentServiceServicer_to_server, config)
+    runtime = config.runtime
+    redis = redis_client(runtime.redis_url)
+    store = ChunkStore(config.chroma_path, config.chroma_host)
+    records = DocumentRecords(redis)
+    auth_channel = peer_channel(runtime.auth_address, runtime.service_token)
+    embedding_channel = peer_channel(config.embedding_address, runtime.service_token,
+                                     default_timeout=EMBED_TIMEOUT_SECONDS)
+    embed = EmbeddingClient(embedding_channel, config.embedding_model).embed
+    ingestor = Ingestor(Chunker(config.chunk_size, config.chunk_overlap), embed, store, records,
+                        config.embed_batch_size)
+    library = DocumentLibrary(store, records, embed)
+
+    def register(server: grpc.aio.Server) -> None:
+        document_pb2_grpc.add_DocumentServiceServicer_to_server(
+            DocumentServicer(ingestor, library, config.max_upload_bytes), server)
+
+    async def close() -> None:
+        await embedding_channel.close()
+        await auth_channel.close()
+        await redis.aclose()
+        store.close()
+
+    spec = ServiceSpec(names=[SERVICE], register=register, policy=AccessPolicy.build(),
+                       on_stop=[close])
+    return MeshServer(runtime, spec, build_verifier(runtime, remote_jwks_fetcher(auth_channel)))
 
 
 def main() -> None:
-    run_placeholder("document", SERVICE, document_pb2_grpc.DocumentServiceServicer(),
-                    document_pb2_grpc.add_DocumentServiceServicer_to_server)
+    from services.runtime.logs import configure_logging
+    from services.runtime.server import serve_until_signalled
+
+    config = DocumentConfig.from_env()
+    configure_logging("document", config.runtime.log_level)
+    asyncio.run(serve_until_signalled(lambda: create_server(config)))

@@ -297,7 +297,7 @@ class SearchDocumentsRequest(_message.Message):
     collection: _builtins.str
     """Search one collection; all of the caller's when empty."""
     k: _builtins.int
-    """Number of chunks to return, 1-50; 5 when 0."""
+    """Number of chunks to return, 1-50; 5 when unset (an explicit 0 is refused)."""
     min_score: _builtins.float
     """Drop chunks scoring below this (cosine similarity, -1 to 1)."""
     @_builtins.property
@@ -309,16 +309,21 @@ class SearchDocumentsRequest(_message.Message):
         *,
         query: _builtins.str = ...,
         collection: _builtins.str = ...,
-        k: _builtins.int = ...,
+        k: _builtins.int | None = ...,
         documents: _abc.Iterable[_builtins.str] | None = ...,
         min_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "min_score", b"min_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "_min_score", b"_min_score", "k", b"k", "min_score", b"min_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "collection", b"collection", "documents", b"documents", "k", b"k", "min_score", b"min_score", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "_min_score", b"_min_score", "collection", b"collection", "documents", b"documents", "k", b"k", "min_score", b"min_score", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__k: _TypeAlias = _typing.Literal["k"]  # noqa: Y015
+    _WhichOneofArgType__k: _TypeAlias = _typing.Literal["_k", b"_k"]  # noqa: Y015
     _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
     _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__k) -> _WhichOneofReturnType__k | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
 
 Global___SearchDocumentsRequest: _TypeAlias = SearchDocumentsRequest  # noqa: Y015

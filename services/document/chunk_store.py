@@ -1,0 +1,112 @@
+"""Chunks and their vectors in Chroma: one Chroma collection per user, cosine space.
+
+A user's chunks live in their own Chroma collection, so no query can reach another
+user's chunks; every chunk still carries user_id, collection, document_id,
+chunk_index and filename. Chroma's client is synchronous: calls run on a small
+thread pool so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    document_id: str
+    filename: str
+    collection: str
+    chunk_index: int
+    text: str
+    score: float  # cosine similarity, higher is more similar
+
+
+class ChunkStore:
+    """Adds, deletes and queries chunk vectors."""
+
+    def __init__(self, path: Path, host: str | None = None) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        if host:
+            hostname, _, port = host.rpartition(":")
+            self._client = chromadb.HttpClient(host=hostname, port=int(port), settings=settings)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = chromadb.PersistentClient(path=str(path), settings=settings)
+        self._max_batch = int(self._client.get_max_batch_size())
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chroma")
+        self._collections: dict[str, Any] = {}
+
+    async def add(self, user_id: str, document_id: str, collection: str, filename: str,
+                  first_index: int, texts: Sequence[str],
+                  vectors: Sequence[Sequence[float]]) -> None:
+        await self._run(self._add, user_id, document_id, collection, filename, first_index,
+                        list(texts), [list(v) for v in vectors])
+
+    def _add(self, user_id: str, document_id: str, collection: str, filename: str,
+             first_index: int, texts: list[str], vectors: list[list[float]]) -> None:
+        target = self._collection(user_id)
+        for start in range(0, len(texts), self._max_batch):
+            end = start + self._max_batch
+            indexes = range(first_index + start, first_index + min(end, len(texts)))
+            target.add(
+                ids=[f"{document_id}:{i}" for i in indexes],
+                embeddings=vectors[start:end],
+                documents=texts[start:end],
+                metadatas=[{"user_id": user_id, "collection": collection,
+                            "document_id": document_id, "chunk_index": i,
+                            "filename": filename} for i in indexes],
+            )
+
+    async def delete_document(self, user_id: str, document_id: str) -> None:
+        await self._run(lambda: self._collection(user_id).delete(
+            where={"document_id": document_id}))
+
+    async def count(self, user_id: str, document_id: str) -> int:
+        found = await self._run(lambda: self._collection(user_id).get(
+            where={"document_id": document_id}, include=[]))
+        return len(found["ids"])
+
+    async def query(self, user_id: str, vector: Sequence[float], n_results: int, *,
+                    collection: str = "", document_ids: Sequence[str] = ()) -> list[ChunkHit]:
+        clauses: list[dict[str, Any]] = []
+        if collection:
+            clauses.append({"collection": collection})
+        if document_ids:
+            clauses.append({"document_id": {"$in": list(document_ids)}})
+        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+        def query() -> dict[str, Any]:
+            return self._collection(user_id).query(
+                query_embeddings=[list(vector)], n_results=n_results, where=where,
+                include=["documents", "metadatas", "distances"])
+
+        found = await self._run(query)
+        return [ChunkHit(document_id=str(meta["document_id"]), filename=str(meta["filename"]),
+                         collection=str(meta["collection"]),
+                         chunk_index=int(meta["chunk_index"]), text=text or "",
+                         score=1.0 - float(distance))
+                for meta, text, distance in zip(found["metadatas"][0], found["documents"][0],
+                                                found["distances"][0], strict=True)]
+
+    def _collection(self, user_id: str) -> Any:
+        found = self._collections.get(user_id)
+        if found is None:
+            found = self._client.get_or_create_collection(
+                f"user_{user_id}", embedding_function=None,
+                configuration={"hnsw": {"space": "cosine"}})
+            self._collections[user_id] = found
+        return found
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

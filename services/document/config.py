@@ -1,0 +1,47 @@
+"""Document service configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DocumentConfig:
+    runtime: RuntimeConfig
+    max_upload_bytes: int
+    chunk_size: int
+    chunk_overlap: int
+    embed_batch_size: int
+    embedding_address: str
+    embedding_model: str  # "" = the embedding service's default
+    chroma_path: Path
+    chroma_host: str | None  # a Chroma server (host:port) instead of the embedded store
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> DocumentConfig:
+        env = env or Env()
+        runtime = RuntimeConfig.from_env("document", env)
+        chunk_size = env.int("LLMMESH_DOCUMENT_CHUNK_SIZE", 1000, minimum=100, maximum=8000)
+        overlap = env.int("LLMMESH_DOCUMENT_CHUNK_OVERLAP", 200, minimum=0)
+        if overlap >= chunk_size:
+            raise ConfigError("LLMMESH_DOCUMENT_CHUNK_OVERLAP must be smaller than "
+                              "LLMMESH_DOCUMENT_CHUNK_SIZE")
+        return cls(
+            runtime=runtime,
+            max_upload_bytes=env.int("LLMMESH_DOCUMENT_MAX_UPLOAD_BYTES", 10 * MIB, minimum=1,
+                                     maximum=15 * MIB),
+            chunk_size=chunk_size,
+            chunk_overlap=overlap,
+            embed_batch_size=env.int("LLMMESH_DOCUMENT_EMBED_BATCH_SIZE", 64, minimum=1,
+                                     maximum=256),
+            embedding_address=endpoint(env, "embedding", runtime.listen_host).address,
+            embedding_model=env.str("LLMMESH_DOCUMENT_EMBEDDING_MODEL", ""),
+            chroma_path=Path(env.str("LLMMESH_CHROMA_PATH",
+                                     str(runtime.data_dir / "chroma"))).resolve(),
+            chroma_host=env.optional("LLMMESH_CHROMA_HOST"),
+        )

@@ -1,0 +1,145 @@
+"""Document records in Redis: the metadata of each committed document, the per-user
+listing, per-collection counts and the content-hash index that detects re-uploads.
+
+A document exists for readers only once `commit` has run; it writes the record and
+every index in one Lua script, and refuses (returning the existing id) when the same
+content is already committed in the same collection. Keys share the user's hash tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+# KEYS: record, listing, ids, dedupe, coll_docs, coll_chunks, collection listing
+# ARGV: id, collection, filename, content_type, size, chunks, sha256, create_time
+_COMMIT = """
+local existing = redis.call('GET', KEYS[4])
+if existing then return existing end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'collection', ARGV[2], 'filename', ARGV[3],
+           'content_type', ARGV[4], 'size', ARGV[5], 'chunks', ARGV[6], 'sha256', ARGV[7],
+           'create_time', ARGV[8])
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[1])
+redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[6], ARGV[2], tonumber(ARGV[6]))
+redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
+return ''
+"""
+
+# KEYS: record, listing, ids, coll_docs, coll_chunks
+# ARGV: id, dedupe key prefix, collection listing prefix
+_REMOVE = """
+local fields = redis.call('HMGET', KEYS[1], 'collection', 'chunks', 'sha256')
+if not fields[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', ARGV[2] .. fields[1] .. ':' .. fields[3])
+redis.call('ZREM', ARGV[3] .. fields[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[4], fields[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], fields[1])
+  redis.call('HDEL', KEYS[5], fields[1])
+else
+  redis.call('HINCRBY', KEYS[5], fields[1], -tonumber(fields[2]))
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: str
+    collection: str
+    filename: str
+    content_type: str
+    size: int
+    chunks: int
+    sha256: str
+    create_time: float
+
+
+class DocumentRecords:
+    """Committed documents per user (client with `decode_responses=True`)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._commit = redis.register_script(_COMMIT)
+        self._remove = redis.register_script(_REMOVE)
+
+    async def commit(self, user_id: str, record: DocumentRecord) -> str | None:
+        """Make `record` visible; returns the id of an identical document if one exists."""
+        keys = _Keys(user_id)
+        existing = await self._commit(
+            keys=[keys.record(record.id), keys.listing, keys.ids,
+                  keys.dedupe(record.collection, record.sha256), keys.coll_docs,
+                  keys.coll_chunks, keys.collection_listing(record.collection)],
+            args=[record.id, record.collection, record.filename, record.content_type,
+                  record.size, record.chunks, record.sha256, repr(record.create_time)])
+        return existing or None
+
+    async def find_duplicate(self, user_id: str, collection: str, sha256: str) -> str | None:
+        return await self._redis.get(_Keys(user_id).dedupe(collection, sha256))
+
+    async def get(self, user_id: str, document_id: str) -> DocumentRecord | None:
+        fields = await self._redis.hgetall(_Keys(user_id).record(document_id))
+        if not fields:
+            return None
+        return DocumentRecord(id=fields["id"], collection=fields["collection"],
+                              filename=fields["filename"], content_type=fields["content_type"],
+                              size=int(fields["size"]), chunks=int(fields["chunks"]),
+                              sha256=fields["sha256"], create_time=float(fields["create_time"]))
+
+    async def remove(self, user_id: str, document_id: str) -> bool:
+        keys = _Keys(user_id)
+        removed = await self._remove(
+            keys=[keys.record(document_id), keys.listing, keys.ids, keys.coll_docs,
+                  keys.coll_chunks],
+            args=[document_id, keys.dedupe_prefix, keys.collection_listing("")])
+        return bool(removed)
+
+    async def page(self, user_id: str, offset: int, size: int,
+                   collection: str = "") -> tuple[list[str], int]:
+        """Ids newest first from `offset` (of one collection, or all), and the total."""
+        keys = _Keys(user_id)
+        listing = keys.collection_listing(collection) if collection else keys.listing
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrevrange(listing, offset, offset + size - 1)
+            pipe.zcard(listing)
+            ids, total = await pipe.execute()
+        return list(ids), int(total)
+
+    async def committed(self, user_id: str, document_ids: list[str]) -> set[str]:
+        if not document_ids:
+            return set()
+        flags = await self._redis.smismember(_Keys(user_id).ids, document_ids)
+        return {d for d, present in zip(document_ids, flags, strict=True) if present}
+
+    async def collections(self, user_id: str) -> dict[str, tuple[int, int]]:
+        """Collection -> (documents, chunks)."""
+        keys = _Keys(user_id)
+        docs = await self._redis.hgetall(keys.coll_docs)
+        chunks = await self._redis.hgetall(keys.coll_chunks)
+        return {name: (int(count), int(chunks.get(name, 0))) for name, count in docs.items()}
+
+
+class _Keys:
+    def __init__(self, user_id: str) -> None:
+        base = f"document:{{{user_id}}}"
+        self.listing = f"{base}:listing"
+        self.ids = f"{base}:ids"
+        self.coll_docs = f"{base}:collections:documents"
+        self.coll_chunks = f"{base}:collections:chunks"
+        self.dedupe_prefix = f"{base}:sha:"
+        self._base = base
+
+    def record(self, document_id: str) -> str:
+        return f"{self._base}:doc:{document_id}"
+
+    def collection_listing(self, collection: str) -> str:
+        return f"{self._base}:listing:collection:{collection}"
+
+    def dedupe(self, collection: str, sha256: str) -> str:
+        return f"{self.dedupe_prefix}{collection}:{sha256}"

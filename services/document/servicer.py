@@ -1,0 +1,209 @@
+"""gRPC transport for documents: unpack, call the pipeline or the library, pack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+from llmmesh.document.v1 import document_pb2, document_pb2_grpc
+
+from services.document.ingestion import Ingestor, Progress, Stage, Upload
+from services.document.library import DocumentLibrary
+from services.document.records import DocumentRecord
+from services.document.validation import (
+    check_search,
+    check_source,
+    collection_violation,
+    document_id,
+)
+from services.runtime.context import current_user
+from services.runtime.errors import (
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    LlmmeshError,
+    check_fields,
+    to_status,
+)
+from services.runtime.paging import decode_page_token, encode_page_token, page_size
+
+log = logging.getLogger("llmmesh.document")
+
+_STAGES = {stage: document_pb2.IngestStage.Value(f"INGEST_STAGE_{stage.name}")
+           for stage in Stage}
+
+
+class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
+    def __init__(self, ingestor: Ingestor, library: DocumentLibrary,
+                 max_upload_bytes: int) -> None:
+        self._ingestor = ingestor
+        self._library = library
+        self._max_bytes = max_upload_bytes
+
+    async def CreateDocument(self, request: document_pb2.CreateDocumentRequest,
+                             context: grpc.aio.ServicerContext) -> document_pb2.Document:
+        upload = self._upload(request.source, request.content)
+        done = await self._ingestor.ingest(current_user().subject, upload)
+        return _document(done)
+
+    async def UploadDocument(self, request_iterator: AsyncIterator[
+            document_pb2.UploadDocumentRequest],
+            context: grpc.aio.ServicerContext) -> document_pb2.Document:
+        source: document_pb2.DocumentSource | None = None
+        parts: list[bytes] = []
+        received = 0
+        async for message in request_iterator:
+            if message.HasField("source"):
+                if source is not None or parts:
+                    raise _invalid("source", "send the source once, as the first message")
+                source = message.source
+                check_source(source.filename, source.collection)
+                continue
+            if source is None:
+                raise _invalid("source", "the first message must carry the source")
+            received += len(message.content)
+            if received > self._max_bytes:  # stop reading: never buffer past the limit
+                raise _too_large(self._max_bytes)
+            parts.append(message.content)
+        if source is None:
+            raise _invalid("source", "the stream carried no source")
+        done = await self._ingestor.ingest(current_user().subject,
+                                           self._upload(source, b"".join(parts)))
+        return _document(done)
+
+    async def IngestDocument(self, request: document_pb2.IngestDocumentRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[
+                                 document_pb2.IngestDocumentResponse]:
+        upload = self._upload(request.source, request.content)  # bad input: plain status
+        user_id = current_user().subject
+        events: asyncio.Queue[Progress | BaseException] = asyncio.Queue()
+        task = asyncio.create_task(self._ingestor.ingest(user_id, upload, events.put_nowait))
+
+        def forward_failure(finished: asyncio.Task[Progress]) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                events.put_nowait(finished.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(forward_failure)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    yield _failed(event)
+                    return
+                yield _progress(event)
+                if event.stage is Stage.DONE:
+                    return
+        finally:
+            if not task.done():  # the client went away: stop and roll back
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def SearchDocuments(self, request: document_pb2.SearchDocumentsRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> document_pb2.SearchDocumentsResponse:
+        min_score = request.min_score if request.HasField("min_score") else None
+        k = check_search(request.query, request.k if request.HasField("k") else None,
+                         request.collection, min_score)
+        ids = [document_id(name, f"documents[{i}]") for i, name in enumerate(request.documents)]
+        hits = await self._library.search(current_user().subject, request.query, k,
+                                          collection=request.collection, document_ids=ids,
+                                          min_score=min_score)
+        return document_pb2.SearchDocumentsResponse(results=[
+            document_pb2.SearchResult(document=f"documents/{h.document_id}",
+                                      filename=h.filename, collection=h.collection,
+                                      chunk_index=h.chunk_index, score=h.score, text=h.text)
+            for h in hits])
+
+    async def GetDocument(self, request: document_pb2.GetDocumentRequest,
+                          context: grpc.aio.ServicerContext) -> document_pb2.Document:
+        record = await self._library.get(current_user().subject, document_id(request.name))
+        return _resource(record)
+
+    async def ListDocuments(self, request: document_pb2.ListDocumentsRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> document_pb2.ListDocumentsResponse:
+        user_id = current_user().subject
+        check_fields([collection_violation(request.collection, "collection")])
+        scope = [user_id, "documents", request.collection]
+        size = page_size(request.page_size, default=20, maximum=100)
+        offset = decode_page_token(request.page_token, scope)
+        records, more = await self._library.page(user_id, offset, size, request.collection)
+        return document_pb2.ListDocumentsResponse(
+            documents=[_resource(r) for r in records],
+            next_page_token=encode_page_token(offset + size, scope) if more else "")
+
+    async def DeleteDocument(self, request: document_pb2.DeleteDocumentRequest,
+                             context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._library.delete(current_user().subject, document_id(request.name))
+        return empty_pb2.Empty()
+
+    async def ListCollections(self, request: document_pb2.ListCollectionsRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> document_pb2.ListCollectionsResponse:
+        user_id = current_user().subject
+        scope = [user_id, "collections"]
+        size = page_size(request.page_size, default=50, maximum=100)
+        offset = decode_page_token(request.page_token, scope)
+        found = await self._library.collections(user_id)
+        page = found[offset:offset + size]
+        return document_pb2.ListCollectionsResponse(
+            collections=[document_pb2.Collection(name=f"collections/{c.name}",
+                                                 document_count=c.documents,
+                                                 chunk_count=c.chunks) for c in page],
+            next_page_token=(encode_page_token(offset + size, scope)
+                             if offset + size < len(found) else ""))
+
+    def _upload(self, source: document_pb2.DocumentSource, content: bytes) -> Upload:
+        collection = check_source(source.filename, source.collection)
+        if len(content) > self._max_bytes:
+            raise _too_large(self._max_bytes)
+        return Upload(filename=source.filename, collection=collection,
+                      claimed_type=source.content_type, content=content)
+
+
+def _invalid(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument([FieldViolation(field, description)])
+
+
+def _too_large(limit: int) -> InvalidArgument:
+    return InvalidArgument([FieldViolation("content", f"the file exceeds {limit} bytes")],
+                           reason="UPLOAD_TOO_LARGE", metadata={"limit_bytes": str(limit)})
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _resource(record: DocumentRecord, deduplicated: bool = False) -> document_pb2.Document:
+    return document_pb2.Document(
+        name=f"documents/{record.id}", collection=record.collection, filename=record.filename,
+        content_type=record.content_type, size_bytes=record.size, chunk_count=record.chunks,
+        sha256=record.sha256, create_time=_timestamp(record.create_time),
+        deduplicated=deduplicated)
+
+
+def _document(done: Progress) -> document_pb2.Document:
+    assert done.document is not None
+    return _resource(done.document, done.deduplicated)
+
+
+def _progress(event: Progress) -> document_pb2.IngestDocumentResponse:
+    answer = document_pb2.IngestDocumentResponse(stage=_STAGES[event.stage],
+                                                 embedded_chunks=event.embedded,
+                                                 total_chunks=event.total)
+    if event.document is not None:
+        answer.document.CopyFrom(_resource(event.document, event.deduplicated))
+    return answer
+
+
+def _failed(error: BaseException) -> document_pb2.IngestDocumentResponse:
+    if not isinstance(error, LlmmeshError):
+        log.error("ingestion failed", exc_info=error)
+        error = Internal("ingestion failed")
+    return document_pb2.IngestDocumentResponse(
+        stage=document_pb2.INGEST_STAGE_FAILED, error=to_status(error))

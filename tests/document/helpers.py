@@ -1,0 +1,46 @@
+"""Helpers for document tests: uploads, chunk counts straight from Chroma."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import chromadb
+from chromadb.config import Settings
+from llmmesh.document.v1 import document_pb2
+
+from tests.helpers import LoggedIn
+
+
+async def upload(stub, user: LoggedIn, filename: str, content: bytes | str,  # type: ignore[no-untyped-def]
+                 collection: str = "", content_type: str = "") -> document_pb2.Document:
+    data = content.encode() if isinstance(content, str) else content
+    return await stub.CreateDocument(document_pb2.CreateDocumentRequest(
+        source=document_pb2.DocumentSource(filename=filename, collection=collection,
+                                           content_type=content_type),
+        content=data), metadata=user.metadata)
+
+
+def stored_chunks(data_dir: Path, user_id: str) -> int:
+    """How many chunks Chroma holds for a user, read from the store itself."""
+    client = chromadb.PersistentClient(path=str(data_dir / "chroma"),
+                                       settings=Settings(anonymized_telemetry=False))
+    try:
+        return client.get_collection(f"user_{user_id}").count()
+    except Exception:  # noqa: BLE001 — no collection yet: nothing stored
+        return 0
+
+
+async def document_count(stub, user: LoggedIn) -> int:  # type: ignore[no-untyped-def]
+    listed = await stub.ListDocuments(document_pb2.ListDocumentsRequest(page_size=100),
+                                      metadata=user.metadata)
+    return len(listed.documents)
+
+
+PARAGRAPHS = [
+    "Tidal forces arise because the Moon's gravity pulls harder on the near side of the "
+    "Earth than on the far side, stretching the oceans into two bulges.",
+    "Sourdough starter is a culture of wild yeast and lactic acid bacteria that is fed "
+    "flour and water every day to keep it lively and sour.",
+    "A bicycle chain should be cleaned with a degreaser and lubricated sparingly after "
+    "riding in wet conditions to prevent rust and wear on the cassette.",
+]
