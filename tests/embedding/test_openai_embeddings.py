@@ -3,62 +3,30 @@ OpenAI-style HTTP server the test starts on 127.0.0.1."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from aiohttp import web
 from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from services.embedding.config import EmbeddingConfig
 from services.embedding.server import create_server
 from services.runtime.config import ConfigError, Env
 from tests.conftest import mesh_env
+from tests.fake_embeddings_provider import (
+    DIMENSION,
+    FakeEmbeddingsProvider,
+    fake_vector,
+    running_provider,
+)
 from tests.helpers import LoggedIn, error_info
-
-DIMENSION = 8
-
-
-def _vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [b / 255 for b in digest[:DIMENSION]]
-
-
-class FakeProvider:
-    """An OpenAI /v1/embeddings endpoint with a switchable failure mode."""
-
-    def __init__(self) -> None:
-        self.fail_with: int | None = None
-        self.wrong_dimension = False
-        self.requests: list[dict[str, object]] = []
-
-    async def embeddings(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append({"body": body, "auth": request.headers.get("Authorization")})
-        if self.fail_with:
-            return web.json_response({"error": {"message": "nope", "type": "x"}},
-                                     status=self.fail_with)
-        size = DIMENSION + 1 if self.wrong_dimension else DIMENSION
-        data = [{"object": "embedding", "index": i, "embedding": (_vector(t) * 2)[:size]}
-                for i, t in enumerate(body["input"])]
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": {"prompt_tokens": 3, "total_tokens": 3}})
 
 
 @pytest.fixture(scope="module")
-async def provider() -> AsyncIterator[tuple[FakeProvider, str]]:
-    fake = FakeProvider()
-    app = web.Application()
-    app.router.add_post("/v1/embeddings", fake.embeddings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield fake, f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+async def provider() -> AsyncIterator[tuple[FakeEmbeddingsProvider, str]]:
+    async with running_provider() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +55,7 @@ async def test_remote_model_through_the_real_client(provider, openai_stub,
                                      metadata=alice.metadata)
     assert answer.model == "remote-small" and answer.dimension == DIMENSION
     for got, text in zip(answer.embeddings, ["alpha", "beta"], strict=True):
-        assert list(got.values) == pytest.approx(_vector(text), abs=1e-6)
+        assert list(got.values) == pytest.approx(fake_vector(text), abs=1e-6)
     last = fake.requests[-1]
     assert last["auth"] == "Bearer sk-test-1"  # the key came from the named variable
     assert last["body"]["model"] == "text-embedding-3-small"  # type: ignore[index]
