@@ -1,0 +1,1 @@
+"""The `llmmesh` command line: account, documents and chat through the public gRPC API."""

@@ -1,0 +1,59 @@
+"""`llmmesh`: the command line client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+
+import grpc
+
+from services.cli import account_commands, document_commands
+from services.cli.session import Endpoints, NotLoggedIn, Session, credentials_path
+
+COMMAND_MODULES = {"register": account_commands, "login": account_commands,
+                   "logout": account_commands, "whoami": account_commands,
+                   "ingest": document_commands, "search": document_commands}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmmesh", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    account_commands.add_parsers(commands)
+    document_commands.add_parsers(commands)
+    try:
+        chat = importlib.import_module("services.cli.chat_command")
+    except ModuleNotFoundError:
+        chat = None
+    if chat is not None:
+        chat.add_parser(commands)
+        COMMAND_MODULES["chat"] = chat
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    endpoints = Endpoints.from_env()
+    session = Session(credentials_path(), endpoints.auth)
+    module = COMMAND_MODULES[args.command]
+    if module is account_commands or module is document_commands:
+        return await module.run(args, endpoints, session)
+    return await module.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except NotLoggedIn as error:
+        print(error, file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
