@@ -7,7 +7,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 import jwt
@@ -15,24 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from llmmesh.auth.v1 import auth_pb2
-from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from llmmesh.embedding.v1 import embedding_pb2
 
 from services.auth.keys import SigningKey, load_or_create
-from services.chat.server import create_server as create_chat_server
-from services.runtime.config import Env, RuntimeConfig
-from tests.conftest import mesh_env
 from tests.helpers import LoggedIn, error_info
-
-
-@pytest.fixture(scope="session")
-async def chat_stub(redis_server, data_dir, auth_address) -> AsyncIterator[
-        chat_pb2_grpc.ChatServiceStub]:
-    env = mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address)
-    server = create_chat_server(RuntimeConfig.from_env("chat", Env(env)))
-    port = await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield chat_pb2_grpc.ChatServiceStub(channel)
-    await server.stop(0)
 
 
 def _b64(data: dict | bytes) -> str:
@@ -107,7 +93,7 @@ CASES = list(_cases(SigningKey.generate(), "x"))
 
 
 @pytest.mark.parametrize("case", CASES)
-async def test_refused_by_auth_and_by_a_peer_service(case: str, auth_stub, chat_stub,
+async def test_refused_by_auth_and_by_a_peer_service(case: str, auth_stub, embedding_stub,
                                                      alice: LoggedIn, data_dir) -> None:
     key = load_or_create(None, data_dir)  # the key the test auth server signs with
     make, reason = _cases(key, alice.user_id)[case]
@@ -115,7 +101,8 @@ async def test_refused_by_auth_and_by_a_peer_service(case: str, auth_stub, chat_
     metadata = (("authorization", f"Bearer {token}"),)
     calls = [
         auth_stub.GetUser(auth_pb2.GetUserRequest(name="users/me"), metadata=metadata),
-        chat_stub.ListModels(chat_pb2.ListModelsRequest(), metadata=metadata),
+        embedding_stub.ListEmbeddingModels(embedding_pb2.ListEmbeddingModelsRequest(),
+                                           metadata=metadata),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -125,21 +112,21 @@ async def test_refused_by_auth_and_by_a_peer_service(case: str, auth_stub, chat_
         assert "Traceback" not in caught.value.details()
 
 
-async def test_the_real_token_passes_both(auth_stub, chat_stub, alice: LoggedIn) -> None:
+async def test_the_real_token_passes_both(auth_stub, embedding_stub, alice: LoggedIn) -> None:
     me = await auth_stub.GetUser(auth_pb2.GetUserRequest(name="users/me"),
                                  metadata=alice.metadata)
     assert me.name == alice.user.name
-    # Chat's RPCs are not built yet: a verified caller gets past auth to UNIMPLEMENTED.
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await chat_stub.ListModels(chat_pb2.ListModelsRequest(), metadata=alice.metadata)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    listed = await embedding_stub.ListEmbeddingModels(
+        embedding_pb2.ListEmbeddingModelsRequest(), metadata=alice.metadata)
+    assert listed.embedding_models
 
 
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Basic dXNlcjpwYXNz"),),
                                       (("authorization", "Bearer "),)])
-async def test_missing_or_malformed_authorization(chat_stub, metadata) -> None:
+async def test_missing_or_malformed_authorization(embedding_stub, metadata) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await chat_stub.ListModels(chat_pb2.ListModelsRequest(), metadata=metadata)
+        await embedding_stub.ListEmbeddingModels(embedding_pb2.ListEmbeddingModelsRequest(),
+                                                 metadata=metadata)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info(caught.value).reason in {"MISSING_TOKEN", "MALFORMED_TOKEN"}
 

@@ -77,11 +77,15 @@ def test_the_mesh_runs_answers_and_stops_cleanly(mesh) -> None:  # type: ignore[
         with pytest.raises(grpc.RpcError) as anonymous:
             documents.ListDocuments(document_pb2.ListDocumentsRequest(), timeout=10)
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with pytest.raises(grpc.RpcError) as signed_in:
-            documents.ListDocuments(
-                document_pb2.ListDocumentsRequest(), timeout=10,
-                metadata=(("authorization", f"Bearer {tokens.access_token}"),))
-        assert signed_in.value.code() == grpc.StatusCode.UNIMPLEMENTED  # until its issue
+        bearer = (("authorization", f"Bearer {tokens.access_token}"),)
+        # Document → embedding (the local model) → Chroma, across three processes.
+        created = documents.CreateDocument(document_pb2.CreateDocumentRequest(
+            source=document_pb2.DocumentSource(filename="mesh.txt"),
+            content=b"The mesh test ferry leaves the harbour at seven."), timeout=60,
+            metadata=bearer)
+        found = documents.SearchDocuments(document_pb2.SearchDocumentsRequest(
+            query="when does the ferry leave?", k=1), timeout=30, metadata=bearer)
+        assert found.results[0].document == created.name
 
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                               text=True, check=False).stdout.split()

@@ -13,9 +13,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.chat.server import create_server as create_chat_server
-from services.document.server import create_server as create_document_server
-from services.embedding.server import create_server as create_embedding_server
 from services.runtime.authn import AccessPolicy
 from services.runtime.config import Env, RuntimeConfig
 from services.runtime.context import current_principal, remaining_deadline
@@ -51,28 +48,20 @@ def env(redis_server, data_dir, auth_address) -> dict[str, str]:
     return mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address)
 
 
-@pytest.mark.parametrize("factory", [create_chat_server, create_document_server,
-                                     create_embedding_server])
-async def test_health_and_reflection_on_every_service(factory, env, auth_server) -> None:
-    service = factory.__module__.split(".")[1]
-    server = factory(RuntimeConfig.from_env(service, Env(env)))
-    servers = [(server, await server.start()), (auth_server, auth_server.port)]
-    try:
-        for mesh_server, port in servers:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                for name in ["", *mesh_server.spec.names]:
-                    answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
-                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
-                reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-                responses = reflection.ServerReflectionInfo(
-                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-                listed = {s.name async for r in responses
-                          for s in r.list_services_response.service}
-                assert set(mesh_server.spec.names) <= listed
-                assert "grpc.health.v1.Health" in listed
-    finally:
-        await server.stop(0)
+@pytest.mark.parametrize("fixture", ["auth_server", "embedding_server", "document_server"])
+async def test_health_and_reflection_on_every_service(fixture: str, request) -> None:
+    mesh_server = request.getfixturevalue(fixture)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh_server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ["", *mesh_server.spec.names]:
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        listed = {s.name async for r in responses for s in r.list_services_response.service}
+        assert set(mesh_server.spec.names) <= listed
+        assert "grpc.health.v1.Health" in listed
 
 
 async def test_errors_are_mapped_and_never_leak_a_traceback(env) -> None:
