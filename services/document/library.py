@@ -38,8 +38,7 @@ class DocumentLibrary:
                    collection: str = "") -> tuple[list[DocumentRecord], bool]:
         """Documents newest first from `offset`; and whether more follow."""
         ids, total = await self._records.page(user_id, offset, size, collection)
-        records = [await self._records.get(user_id, i) for i in ids]
-        return [r for r in records if r is not None], offset + size < total
+        return await self._records.get_many(user_id, ids), offset + size < total
 
     async def delete(self, user_id: str, document_id: str) -> None:
         if not await self._records.remove(user_id, document_id):

@@ -84,13 +84,16 @@ class DocumentRecords:
         return await self._redis.get(_Keys(user_id).dedupe(collection, sha256))
 
     async def get(self, user_id: str, document_id: str) -> DocumentRecord | None:
-        fields = await self._redis.hgetall(_Keys(user_id).record(document_id))
-        if not fields:
-            return None
-        return DocumentRecord(id=fields["id"], collection=fields["collection"],
-                              filename=fields["filename"], content_type=fields["content_type"],
-                              size=int(fields["size"]), chunks=int(fields["chunks"]),
-                              sha256=fields["sha256"], create_time=float(fields["create_time"]))
+        return _record(await self._redis.hgetall(_Keys(user_id).record(document_id)))
+
+    async def get_many(self, user_id: str, document_ids: list[str]) -> list[DocumentRecord]:
+        """The records of `document_ids` that exist, in order, in one round trip."""
+        keys = _Keys(user_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for document_id in document_ids:
+                pipe.hgetall(keys.record(document_id))
+            found = await pipe.execute()
+        return [r for r in map(_record, found) if r is not None]
 
     async def remove(self, user_id: str, document_id: str) -> bool:
         keys = _Keys(user_id)
@@ -143,3 +146,12 @@ class _Keys:
 
     def dedupe(self, collection: str, sha256: str) -> str:
         return f"{self.dedupe_prefix}{collection}:{sha256}"
+
+
+def _record(fields: dict[str, str]) -> DocumentRecord | None:
+    if not fields:
+        return None
+    return DocumentRecord(id=fields["id"], collection=fields["collection"],
+                          filename=fields["filename"], content_type=fields["content_type"],
+                          size=int(fields["size"]), chunks=int(fields["chunks"]),
+                          sha256=fields["sha256"], create_time=float(fields["create_time"]))
