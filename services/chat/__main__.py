@@ -1,3 +1,4 @@
+"""The chat service: `python -m services.chat`."""
 from services.chat.server import main
 
 main()

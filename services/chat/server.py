@@ -1,23 +1,63 @@
-"""Builds the chat server. Its RPCs answer UNIMPLEMENTED until the chat issue lands."""
+"""Builds the chat server: models, conversation store, peers, servicer."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
-from services.runtime.config import RuntimeConfig
-from services.runtime.placeholder import create_placeholder_server, run_placeholder
-from services.runtime.server import MeshServer
+from services.chat.config import ChatConfig
+from services.chat.conversations import ConversationStore
+from services.chat.quota import QuotaClient
+from services.chat.registry import ModelRegistry
+from services.chat.retrieval import DocumentSearch, RemoteEmbedder
+from services.chat.servicer import ChatServicer
+from services.chat.turns import ChatEngine
+from services.runtime.authn import AccessPolicy
+from services.runtime.jwks_client import remote_jwks_fetcher
+from services.runtime.peers import peer_channel
+from services.runtime.redis_client import redis_client
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier
 
 SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 
 
-def create_server(config: RuntimeConfig | None = None) -> MeshServer:
-    """The chat server, unstarted."""
-    return create_placeholder_server(
-        "chat", SERVICE, chat_pb2_grpc.ChatServiceServicer(),
-        chat_pb2_grpc.add_ChatServiceServicer_to_server, config)
+def create_server(config: ChatConfig | None = None) -> MeshServer:
+    """The chat server, unstarted (`await server.start()` returns the bound port)."""
+    config = config or ChatConfig.from_env()
+    runtime = config.runtime
+    timeout = config.peer_timeout_seconds
+    auth = peer_channel(runtime.auth_address, runtime.service_token, default_timeout=timeout)
+    documents = peer_channel(config.document_address, runtime.service_token,
+                             default_timeout=timeout)
+    embeddings = peer_channel(config.embedding_address, runtime.service_token,
+                              default_timeout=timeout)
+    redis = redis_client(runtime.redis_url)
+    quota = QuotaClient(auth, config.reservation_ttl_seconds)
+    engine = ChatEngine(
+        ModelRegistry(config.models, config.default_model, RemoteEmbedder(embeddings)),
+        ConversationStore(redis, config.retention_seconds), quota, DocumentSearch(documents),
+        history_turns=config.history_turns, max_message_chars=config.max_message_chars)
+
+    def register(server: grpc.aio.Server) -> None:
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(engine), server)
+
+    async def close() -> None:
+        await quota.drain()
+        for channel in (auth, documents, embeddings):
+            await channel.close()
+        await redis.aclose()
+
+    spec = ServiceSpec(names=[SERVICE], register=register, policy=AccessPolicy.build(),
+                       on_stop=[close])
+    return MeshServer(runtime, spec, build_verifier(runtime, remote_jwks_fetcher(auth)))
 
 
 def main() -> None:
-    run_placeholder("chat", SERVICE, chat_pb2_grpc.ChatServiceServicer(),
-                    chat_pb2_grpc.add_ChatServiceServicer_to_server)
+    from services.runtime.logs import configure_logging
+    from services.runtime.server import serve_until_signalled
+
+    config = ChatConfig.from_env()
+    configure_logging("chat", config.runtime.log_level)
+    asyncio.run(serve_until_signalled(lambda: create_server(config)))

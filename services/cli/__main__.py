@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 
 import grpc
 
-from services.cli import account_commands, document_commands
+from services.cli import account_commands, chat_command, document_commands
 from services.cli.session import Endpoints, NotLoggedIn, Session, credentials_path
 
 COMMAND_MODULES = {"register": account_commands, "login": account_commands,
                    "logout": account_commands, "whoami": account_commands,
-                   "ingest": document_commands, "search": document_commands}
+                   "ingest": document_commands, "search": document_commands,
+                   "chat": chat_command}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,23 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     account_commands.add_parsers(commands)
     document_commands.add_parsers(commands)
-    try:
-        chat = importlib.import_module("services.cli.chat_command")
-    except ModuleNotFoundError:
-        chat = None
-    if chat is not None:
-        chat.add_parser(commands)
-        COMMAND_MODULES["chat"] = chat
+    chat_command.add_parser(commands)
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
     endpoints = Endpoints.from_env()
     session = Session(credentials_path(), endpoints.auth)
-    module = COMMAND_MODULES[args.command]
-    if module is account_commands or module is document_commands:
-        return await module.run(args, endpoints, session)
-    return await module.run(args)
+    return await COMMAND_MODULES[args.command].run(args, endpoints, session)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from services.runtime.errors import (
     check_fields,
     to_status,
 )
-from services.runtime.paging import decode_page_token, encode_page_token, page_size
+from services.runtime.paging import decode_offset, encode_page_token, page_size
 
 log = logging.getLogger("llmmesh.document")
 
@@ -127,13 +127,13 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                             ) -> document_pb2.ListDocumentsResponse:
         user_id = current_user().subject
         check_fields([collection_violation(request.collection, "collection")])
-        scope = [user_id, "documents", request.collection]
+        scope = f"documents:{user_id}:{request.collection}"
         size = page_size(request.page_size, default=20, maximum=100)
-        offset = decode_page_token(request.page_token, scope)
+        offset = decode_offset(request.page_token, scope)
         records, more = await self._library.page(user_id, offset, size, request.collection)
         return document_pb2.ListDocumentsResponse(
             documents=[_resource(r) for r in records],
-            next_page_token=encode_page_token(offset + size, scope) if more else "")
+            next_page_token=encode_page_token(scope, o=offset + size) if more else "")
 
     async def DeleteDocument(self, request: document_pb2.DeleteDocumentRequest,
                              context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
@@ -144,16 +144,16 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                               context: grpc.aio.ServicerContext
                               ) -> document_pb2.ListCollectionsResponse:
         user_id = current_user().subject
-        scope = [user_id, "collections"]
+        scope = f"collections:{user_id}"
         size = page_size(request.page_size, default=50, maximum=100)
-        offset = decode_page_token(request.page_token, scope)
+        offset = decode_offset(request.page_token, scope)
         found = await self._library.collections(user_id)
         page = found[offset:offset + size]
         return document_pb2.ListCollectionsResponse(
             collections=[document_pb2.Collection(name=f"collections/{c.name}",
                                                  document_count=c.documents,
                                                  chunk_count=c.chunks) for c in page],
-            next_page_token=(encode_page_token(offset + size, scope)
+            next_page_token=(encode_page_token(scope, o=offset + size)
                              if offset + size < len(found) else ""))
 
     def _upload(self, source: document_pb2.DocumentSource, content: bytes) -> Upload:

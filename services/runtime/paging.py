@@ -1,47 +1,58 @@
-"""AIP-158 pagination: page sizes with a default and a maximum, and opaque page tokens
-bound to the request that made them."""
+"""AIP-158 pagination: page sizes with a default and a maximum, and opaque page tokens.
+
+A token is base64url JSON holding the position to continue from and the scope of the
+listing that made it (e.g. the caller and the filters). A token from another listing,
+or one a client altered, is refused with INVALID_ARGUMENT on `page_token`.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from typing import Any
 
 from services.runtime.errors import FieldViolation, InvalidArgument
 
 
 def page_size(requested: int, *, default: int, maximum: int) -> int:
-    """`default` for 0, `maximum` for anything larger; negative sizes are refused."""
+    """`default` for 0, coerced down to `maximum`; negative sizes are refused."""
     if requested < 0:
         raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
-    if requested == 0:
-        return default
-    return min(requested, maximum)
+    return default if requested == 0 else min(requested, maximum)
 
 
-def encode_page_token(offset: int, scope: Sequence[str] = ()) -> str:
-    """A token for the page starting at `offset` of the listing identified by `scope`
-    (e.g. the caller and the filters), so it cannot be replayed against another one."""
-    payload = json.dumps({"o": offset, "s": _digest(scope)}).encode()
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+def encode_page_token(scope: str, **position: Any) -> str:
+    """A token for `position` (JSON values) in the listing named by `scope`."""
+    raw = json.dumps({"s": _digest(scope), **position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_page_token(token: str, scope: Sequence[str] = ()) -> int:
-    """The offset in `token` (0 for an empty token); INVALID_ARGUMENT if it is not ours."""
+def decode_page_token(token: str, scope: str) -> dict[str, Any] | None:
+    """The position a token holds; None for an empty token (the first page)."""
     if not token:
-        return 0
+        return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        offset = payload["o"]
-        valid = isinstance(offset, int) and offset >= 0 and payload["s"] == _digest(scope)
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid:
+        position = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError):
+        position = None
+    if not isinstance(position, dict) or position.pop("s", None) != _digest(scope):
         raise InvalidArgument([FieldViolation("page_token",
-                                              "is not a page token of this listing")])
-    return int(offset)
+                                              "is not a next_page_token of this listing")])
+    return position
 
 
-def _digest(scope: Sequence[str]) -> str:
-    return hashlib.sha256("\x00".join(scope).encode()).hexdigest()[:16]
+def decode_offset(token: str, scope: str) -> int:
+    """For offset-paged listings: the offset in a token made with `o=offset` (0 if empty)."""
+    position = decode_page_token(token, scope)
+    if position is None:
+        return 0
+    offset = position.get("o")
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidArgument([FieldViolation("page_token", "is malformed")])
+    return offset
+
+
+def _digest(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]

@@ -48,14 +48,26 @@ def env(redis_server, data_dir, auth_address) -> dict[str, str]:
     return mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address)
 
 
-@pytest.mark.parametrize("fixture", ["auth_server", "embedding_server", "document_server"])
-async def test_health_and_reflection_on_every_service(fixture: str, request) -> None:
-    mesh_server = request.getfixturevalue(fixture)
+async def test_health_and_reflection_on_every_service(env, auth_server, embedding_server,
+                                                     document_server) -> None:
+    from services.chat.config import ChatConfig
+    from services.chat.server import create_server as create_chat_server
+
+    chat_server = create_chat_server(ChatConfig.from_env(Env(env)))
+    await chat_server.start()
+    try:
+        for mesh_server in (auth_server, embedding_server, document_server, chat_server):
+            await _assert_health_and_reflection(mesh_server)
+    finally:
+        await chat_server.stop(0)
+
+
+async def _assert_health_and_reflection(mesh_server: MeshServer) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh_server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ["", *mesh_server.spec.names]:
             answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = reflection.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]))

@@ -1,0 +1,46 @@
+"""The model registry: configured models as LangChain chat models, by id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from langchain_core.language_models import BaseChatModel
+from langchain_openai import ChatOpenAI
+
+from services.chat.config import ModelSpec
+from services.chat.extractive import Embedder, ExtractiveChatModel
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    spec: ModelSpec
+    model: BaseChatModel
+    default: bool
+
+
+class ModelRegistry:
+    """Models by id, in configuration order, one of them the default."""
+
+    def __init__(self, specs: Sequence[ModelSpec], default: str, embedder: Embedder) -> None:
+        self._models = {spec.id: RegisteredModel(spec, build_model(spec, embedder),
+                                                 spec.id == default) for spec in specs}
+        self.default_id = default
+
+    def get(self, model_id: str) -> RegisteredModel | None:
+        return self._models.get(model_id or self.default_id)
+
+    def all(self) -> list[RegisteredModel]:
+        return list(self._models.values())
+
+    def ids(self) -> list[str]:
+        return list(self._models)
+
+
+def build_model(spec: ModelSpec, embedder: Embedder) -> BaseChatModel:
+    """A LangChain chat model for `spec`."""
+    if spec.provider == "extractive":
+        return ExtractiveChatModel(embedder=embedder, model_name=spec.model)
+    return ChatOpenAI(model=spec.model, base_url=spec.base_url, api_key=spec.api_key,
+                      stream_usage=True, timeout=spec.timeout_seconds,
+                      max_retries=spec.max_retries)

@@ -1,0 +1,219 @@
+"""One chat turn from request to stored answer: the service's domain logic.
+
+`prepare` does everything that can refuse a turn before it starts (validation,
+the conversation, retrieval, the quota hold): its errors are ordinary statuses.
+`run` then streams the answer's events; failures after the start become a
+`Failed` event. Quota: the worst case (prompt estimate + max_tokens) is held
+first; a stream that outgrows its hold asks for more and is cut off
+(QUOTA_EXHAUSTED) when refused; the real usage is charged at the end. A turn is
+stored only once it completed (cut-off turns included); a cancelled or failed one
+stores nothing and is charged what it delivered (nothing at all frees the hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+
+from services.chat.conversations import ConversationStore, MessageRecord, new_id
+from services.chat.events import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    FinishReason,
+    Source,
+    SourcesFound,
+    Started,
+    Usage,
+)
+from services.chat.prompts import HistoryMessage, build_messages
+from services.chat.provider_errors import provider_error
+from services.chat.quota import Hold, QuotaClient
+from services.chat.registry import ModelRegistry, RegisteredModel
+from services.chat.retrieval import DocumentSearch
+from services.chat.tokens import count_prompt_tokens, count_tokens, estimate_prompt_tokens
+from services.chat.validation import TurnRequest, validate_turn
+from services.runtime.context import request_id_var
+from services.runtime.errors import Internal, LlmmeshError, NotFound
+
+log = logging.getLogger("llmmesh.chat")
+
+MIN_EXTENSION_TOKENS = 64
+
+
+@dataclass
+class PreparedTurn:
+    """A validated, admitted turn, ready to generate."""
+
+    user_id: str
+    conversation_id: str
+    is_new: bool
+    model: RegisteredModel
+    question: str
+    messages: list[BaseMessage]
+    sources: tuple[Source, ...] | None  # None without RAG
+    call_options: dict[str, Any]
+    prompt_estimate: int
+    max_tokens: int
+    hold: Hold
+
+
+@dataclass
+class Generation:
+    """What a stream produced so far."""
+
+    parts: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    provider_prompt_tokens: int = 0
+    provider_completion_tokens: int = 0
+    provider_usage: bool = False
+    finish: FinishReason = FinishReason.STOP
+
+    def observe(self, chunk: Any) -> None:
+        usage = getattr(chunk, "usage_metadata", None)
+        if usage:
+            self.provider_usage = True
+            self.provider_prompt_tokens += usage.get("input_tokens", 0)
+            self.provider_completion_tokens += usage.get("output_tokens", 0)
+        reason = chunk.response_metadata.get("finish_reason")
+        if reason:
+            self.finish = FinishReason.from_provider(reason)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class ChatEngine:
+    """Prepares and runs turns for the servicer."""
+
+    def __init__(self, registry: ModelRegistry, store: ConversationStore, quota: QuotaClient,
+                 search: DocumentSearch, *, history_turns: int, max_message_chars: int) -> None:
+        self.registry = registry
+        self.store = store
+        self._quota = quota
+        self._search = search
+        self._history_turns = history_turns
+        self._max_message_chars = max_message_chars
+
+    async def prepare(self, user_id: str, request: TurnRequest) -> PreparedTurn:
+        valid = validate_turn(request, self.registry, self._max_message_chars)
+        options = request.options
+        history_task = (self.store.history(user_id, valid.conversation_id, self._history_turns)
+                        if valid.conversation_id else _no_history())
+        search_task = (self._search.search(request.message, k=valid.top_k,
+                                           collection=options.collection,
+                                           documents=options.documents)
+                       if options.use_rag else _no_sources())
+        history, sources = await asyncio.gather(history_task, search_task)
+        if history is None:
+            raise NotFound("conversation", request.conversation)
+        messages = build_messages(request.message, history, sources)
+        estimate = estimate_prompt_tokens(str(m.content) for m in messages)
+        hold = await self._quota.reserve(user_id, estimate + valid.max_tokens)
+        call_options: dict[str, Any] = {"max_tokens": valid.max_tokens}
+        if options.temperature is not None:
+            call_options["temperature"] = options.temperature
+        return PreparedTurn(
+            user_id=user_id, conversation_id=valid.conversation_id or new_id(),
+            is_new=valid.conversation_id is None, model=valid.model, question=request.message,
+            messages=messages, sources=None if sources is None else tuple(sources),
+            call_options=call_options, prompt_estimate=estimate, max_tokens=valid.max_tokens,
+            hold=hold)
+
+    async def run(self, turn: PreparedTurn) -> AsyncIterator[Event]:
+        """Started, Delta*, SourcesFound (RAG), then Finished or Failed."""
+        yield Started(turn.conversation_id, turn.model.spec.id)
+        started_ms = int(time.time() * 1000)
+        generation = Generation()
+        try:
+            stream = turn.model.model.astream(turn.messages, **turn.call_options)
+            async with aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    text = chunk.content if isinstance(chunk.content, str) else ""
+                    if text:
+                        tokens = count_tokens(text)
+                        needed = turn.prompt_estimate + generation.completion_tokens + tokens
+                        if needed > turn.hold.tokens and not await self._grow(turn, needed):
+                            generation.finish = FinishReason.QUOTA_EXHAUSTED
+                            break
+                        generation.parts.append(text)
+                        generation.completion_tokens += tokens
+                        yield Delta(text)
+                    generation.observe(chunk)
+        except Exception as error:  # noqa: BLE001 — every failure becomes a Failed event
+            self._charge_partial(turn, generation)
+            yield Failed(self._failure(error, turn))
+            return
+        except BaseException:  # cancelled, or the consumer went away
+            self._charge_partial(turn, generation)
+            raise
+        usage = self._usage(turn, generation)
+        if turn.sources is not None:
+            yield SourcesFound(turn.sources)
+        await asyncio.shield(self._quota.settle(turn.hold, usage.total_tokens))
+        try:
+            name = await self._store(turn, generation, usage, started_ms)
+        except Exception as error:  # noqa: BLE001
+            yield Failed(self._failure(error, turn))
+            return
+        yield Finished(usage=usage, finish_reason=generation.finish, message_name=name,
+                       content=generation.text, create_time=time.time(),
+                       sources=turn.sources or ())
+
+    async def _grow(self, turn: PreparedTurn, needed: int) -> bool:
+        """Grow the hold by a comfortable step, or at least by what is missing."""
+        short = needed - turn.hold.tokens
+        step = max(short, MIN_EXTENSION_TOKENS, turn.max_tokens // 4)
+        if await self._quota.extend(turn.hold, step):
+            return True
+        return step > short and await self._quota.extend(turn.hold, short)
+
+    def _usage(self, turn: PreparedTurn, generation: Generation) -> Usage:
+        """The provider's usage when it reported one for a complete stream, else ours."""
+        if generation.provider_usage and generation.finish is not FinishReason.QUOTA_EXHAUSTED:
+            return Usage(generation.provider_prompt_tokens, generation.provider_completion_tokens)
+        prompt = count_prompt_tokens(str(m.content) for m in turn.messages)
+        return Usage(prompt, generation.completion_tokens)
+
+    def _charge_partial(self, turn: PreparedTurn, generation: Generation) -> None:
+        if generation.completion_tokens == 0:
+            self._quota.release(turn.hold)
+        else:
+            self._quota.settle(turn.hold, self._usage(turn, generation).total_tokens)
+
+    def _failure(self, error: Exception, turn: PreparedTurn) -> LlmmeshError:
+        mapped = provider_error(error, turn.model.spec.id)
+        if mapped is not None:
+            return mapped
+        log.error("chat turn failed", exc_info=error)
+        return Internal(f"internal error (request id {request_id_var.get()})")
+
+    async def _store(self, turn: PreparedTurn, generation: Generation, usage: Usage,
+                     started_ms: int) -> str:
+        answer_id = new_id()
+        stored = await self.store.append_turn(
+            turn.user_id, turn.conversation_id, is_new=turn.is_new,
+            question=MessageRecord(new_id(), "user", turn.question, started_ms),
+            answer=MessageRecord(answer_id, "assistant", generation.text,
+                                 int(time.time() * 1000), model=turn.model.spec.id,
+                                 sources=turn.sources or (), usage=usage))
+        if not stored:  # the conversation was deleted while answering
+            return ""
+        return f"conversations/{turn.conversation_id}/messages/{answer_id}"
+
+
+async def _no_history() -> list[HistoryMessage]:
+    return []
+
+
+async def _no_sources() -> Sequence[Source] | None:
+    return None

@@ -1,0 +1,127 @@
+"""`llmmesh chat`: an interactive terminal chat over the public gRPC API.
+
+Uses the session saved by `llmmesh login`, reads messages line by line, streams each
+answer's tokens as they arrive, lists the sources it was grounded in, and keeps the
+conversation going. `/new` starts a fresh conversation, `/quit` (or end of input)
+leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, TextIO
+
+import grpc
+from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+
+from services.cli.session import Endpoints, Session
+
+PROMPT = "you> "
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `chat` on the `llmmesh` command's subparsers."""
+    parser = subparsers.add_parser("chat", help="interactive streaming chat",
+                                   description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="model id (default: the server's)")
+    parser.add_argument("--conversation", default="", help="conversations/{id} to continue")
+    parser.add_argument("--rag", action="store_true", help="ground answers in your documents")
+    parser.add_argument("--collection", default="", help="retrieve from this collection only")
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.set_defaults(stdin=None, stdout=None)
+    return parser
+
+
+async def run(args: argparse.Namespace, endpoints: Endpoints, session: Session) -> int:
+    """Run the chat loop; 0 on a clean exit, 1 when a call fails."""
+    stdin: TextIO = args.stdin or sys.stdin
+    out: TextIO = args.stdout or sys.stdout
+    metadata = await session.metadata()
+    async with grpc.aio.insecure_channel(endpoints.chat) as chat_channel:
+        chat = Conversation(chat_pb2_grpc.ChatServiceStub(chat_channel), metadata,
+                            _options(args), args.conversation, out)
+        out.write(f"chatting as {session.load()['username']}; /new starts over, "
+                  "/quit leaves\n")
+        while (line := await _read_line(stdin, out)) is not None:
+            text = line.strip()
+            if text in {"/quit", "/exit"}:
+                break
+            if text == "/new":
+                chat.conversation = ""
+                out.write("(new conversation)\n")
+            elif text and not await chat.send(text):
+                return 1
+    return 0
+
+
+class Conversation:
+    """One conversation: sends messages and renders their streamed answers."""
+
+    def __init__(self, stub: chat_pb2_grpc.ChatServiceStub, metadata: tuple[tuple[str, str]],
+                 options: chat_pb2.ChatOptions, conversation: str, out: TextIO) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._options = options
+        self.conversation = conversation
+        self._out = out
+
+    async def send(self, message: str) -> bool:
+        """Stream one answer; False when the call itself failed."""
+        request = chat_pb2.StreamChatRequest(message=message, conversation=self.conversation,
+                                             options=self._options)
+        try:
+            async for event in self._stub.StreamChat(request, metadata=self._metadata):
+                self._render(event)
+        except grpc.aio.AioRpcError as error:
+            self._out.write(f"\nerror: {error.code().name}: {error.details()}\n")
+            return error.code() not in {grpc.StatusCode.UNAUTHENTICATED,
+                                        grpc.StatusCode.UNAVAILABLE}
+        return True
+
+    def _render(self, event: chat_pb2.StreamChatResponse) -> None:
+        out = self._out
+        kind = event.WhichOneof("event")
+        if kind == "start":
+            self.conversation = event.start.conversation
+            out.write(f"{event.start.model}> ")
+        elif kind == "delta":
+            out.write(event.delta.text)
+        elif kind == "sources":
+            found = event.sources.sources
+            out.write("\n\nsources:" if found else "\n\n(no sources found)")
+            for n, source in enumerate(found, 1):
+                out.write(f"\n  [{n}] {source.filename}, chunk {source.chunk_index} "
+                          f"(score {source.score:.2f}) {source.document}")
+        elif kind == "done":
+            usage = event.done.usage
+            reason = chat_pb2.FinishReason.Name(event.done.finish_reason)
+            note = "" if event.done.finish_reason == chat_pb2.FINISH_REASON_STOP else \
+                f", stopped: {reason.removeprefix('FINISH_REASON_').lower()}"
+            out.write(f"\n[{usage.total_tokens} tokens{note}]\n")
+        elif kind == "error":
+            out.write(f"\nerror: {event.error.message}\n")
+        out.flush()
+
+
+def _options(args: argparse.Namespace) -> chat_pb2.ChatOptions:
+    options = chat_pb2.ChatOptions(model=args.model, use_rag=args.rag or bool(args.collection),
+                                   collection=args.collection)
+    if args.max_tokens is not None:
+        options.max_tokens = args.max_tokens
+    if args.temperature is not None:
+        options.temperature = args.temperature
+    return options
+
+
+async def _read_line(stdin: TextIO, out: TextIO) -> str | None:
+    """The next line (None at end of input), read without blocking the event loop."""
+    out.write(PROMPT)
+    out.flush()
+    line = await asyncio.get_running_loop().run_in_executor(None, stdin.readline)
+    if not line:
+        out.write("\n")
+        return None
+    return line
