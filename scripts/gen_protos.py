@@ -8,6 +8,9 @@ and the Python edge load. Also copies googleapis' `google/api` and `google/rpc`
 protos from the installed googleapis-common-protos package into `build/proto-deps/`
 so `buf` can resolve imports offline.
 
+Then runs scripts/gen_edge.py, whose Envoy config (envoy/) is derived from the same
+descriptor set, so one command regenerates everything that follows from protos/.
+
 Usage: python scripts/gen_protos.py [--check]
   --check  generate into a temporary folder and exit 1 if anything differs from the
            committed files (used by the staleness test).
@@ -135,7 +138,8 @@ def main() -> int:
     if not args.check:
         generate(OUT_PACKAGE)
         print(f"generated {OUT_PACKAGE / 'llmmesh'}")
-        return 0
+        edge = ROOT / "scripts" / "gen_edge.py"
+        return subprocess.run([sys.executable, str(edge)], check=False).returncode  # noqa: S603
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         stale = _differences(OUT_PACKAGE / "llmmesh", Path(tmp) / "llmmesh")

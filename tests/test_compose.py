@@ -1,4 +1,5 @@
-"""docker-compose.yml, services/Dockerfile and deploy/prometheus.yml stay true to the code.
+"""docker-compose.yml, services/Dockerfile and deploy/prometheus.yml stay true to the code,
+and to envoy/envoy.yaml (the edge's clusters must be the compose services and ports).
 
 No Docker engine is needed: the files are parsed and checked against what the services
 actually read and where they actually listen.
@@ -6,12 +7,12 @@ actually read and where they actually listen.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import shlex
 import subprocess
 import sys
+import tokenize
 import tomllib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.config import (
+    RATELIMIT_METRICS_PORT,
+    RATELIMIT_PORT,
+    EdgeConfig,
+    RateLimitServiceConfig,
+)
+from gateway.envoy_config import ENVOY_DIR, LISTENER_PORT, RATELIMIT_CLUSTER, STATS_PORT
+from gateway.spec import LLMMESH_SPEC
 from services.auth.config import AuthConfig
 from services.runtime.config import (
     DEFAULT_METRICS_PORTS,
@@ -40,6 +49,9 @@ PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "services" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONSTRAINTS = ROOT / "constraints.txt"
+ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
+# Built services that are not API services: compose name -> (module, gRPC port, metrics port).
+GATEWAY_SERVICES = {"ratelimit": ("gateway.ratelimit", RATELIMIT_PORT, RATELIMIT_METRICS_PORT)}
 
 ENV_NAME = re.compile(r"LLMMESH_[A-Z0-9_]+")
 # Compose interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}, $VAR
@@ -67,12 +79,17 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def app_services(compose: dict[str, Any]) -> dict[str, str]:
-    """Compose service name -> llmmesh service it runs (e.g. "auth"), for built services."""
+    """Compose service name -> llmmesh API service it runs (e.g. "auth")."""
     apps = {}
     for name, spec in compose["services"].items():
-        if "build" in spec:
+        if "build" in spec and service_module(spec).startswith("services."):
             apps[name] = service_module(spec).removeprefix("services.")
     return apps
+
+
+@pytest.fixture(scope="module")
+def envoy_config() -> dict[str, Any]:
+    return yaml.safe_load(ENVOY_YAML.read_text(encoding="utf-8"))
 
 
 def service_module(spec: Mapping[str, Any]) -> str:
@@ -165,6 +182,22 @@ def duration_seconds(text: str) -> float:
 # --- what the code reads ----------------------------------------------------------------
 
 
+def string_literals(path: Path) -> set[str]:
+    """Plain string literals in a Python file, read with tokenize.
+
+    (Not ast.parse: CPython 3.11's AST constructor raises "recursion depth mismatch"
+    once a library in the same process has changed the recursion limit.)
+    """
+    found = set()
+    with open(path, "rb") as source:
+        for token in tokenize.tokenize(source.readline):
+            text = token.string
+            if token.type == tokenize.STRING and text[:1] in {"'", '"'}:
+                quote = text[:3] if text[:3] in {'"""', "\'\'\'"} else text[0]
+                found.add(text[len(quote):-len(quote)])
+    return found
+
+
 class RecordingEnviron(dict[str, str]):
     """An environ that remembers every name looked up."""
 
@@ -182,11 +215,8 @@ def names_read_by_code(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """LLMMESH_* names the services read: string literals in services/**/*.py, the
     per-service names config.endpoint builds, and every name the config classes look up."""
     names: set[str] = set()
-    for path in (ROOT / "services").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                    and ENV_NAME.fullmatch(node.value)):
-                names.add(node.value)
+    for path in [*(ROOT / "services").rglob("*.py"), *(ROOT / "gateway").rglob("*.py")]:
+        names |= {text for text in string_literals(path) if ENV_NAME.fullmatch(text)}
     names |= {f"LLMMESH_{service.upper()}_{suffix}" for service in DEFAULT_PORTS
               for suffix in ("PORT", "METRICS_PORT", "ADDRESS")}
     environ = RecordingEnviron({
@@ -196,6 +226,8 @@ def names_read_by_code(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     for service in DEFAULT_PORTS:
         RuntimeConfig.from_env(service, Env(environ))
     AuthConfig.from_env(Env(environ))
+    RateLimitServiceConfig.from_env(Env(environ))
+    EdgeConfig.from_env(Env(environ))
     names |= {name for name in environ.read if ENV_NAME.fullmatch(name)}
     return names
 
@@ -205,6 +237,8 @@ def test_the_scan_finds_the_names_config_reads(names_read_by_code: set[str]) -> 
             "LLMMESH_REDIS_URL", "LLMMESH_LISTEN_HOST", "LLMMESH_EMBEDDING_ADDRESS",
             "LLMMESH_CHAT_METRICS_PORT"} <= names_read_by_code
     assert "LLMMESH_CHROMA_URL" not in names_read_by_code
+    assert {"LLMMESH_RATELIMIT_CONFIG", "LLMMESH_RATELIMIT_PORT",
+            "LLMMESH_EDGE_PORT"} <= names_read_by_code
 
 
 # --- the checks -------------------------------------------------------------------------
@@ -224,7 +258,7 @@ def test_build_contexts_and_dockerfiles_exist(compose: dict[str, Any]) -> None:
         dockerfile = context / build.get("dockerfile", "Dockerfile")
         assert dockerfile.is_file(), f"{name}: Dockerfile {dockerfile} does not exist"
         assert dockerfile.resolve() == DOCKERFILE, f"{name}: not the shared services/Dockerfile"
-    assert built == len(DEFAULT_PORTS)
+    assert built == len(DEFAULT_PORTS) + len(GATEWAY_SERVICES)
 
 
 def test_each_service_container_runs_an_existing_service_module(
@@ -234,6 +268,9 @@ def test_each_service_container_runs_an_existing_service_module(
             f"{compose_name} runs services.{service}, which has no __main__.py")
         assert compose_name == service, "peers and Prometheus address services by these names"
     assert sorted(app_services.values()) == sorted(DEFAULT_PORTS), "one container per service"
+    for compose_name, (module, _, _) in GATEWAY_SERVICES.items():
+        assert service_module(compose["services"][compose_name]) == module
+        assert (ROOT / module.replace(".", "/") / "__main__.py").is_file()
 
 
 def test_compose_and_dockerfile_name_only_variables_the_services_read(
@@ -367,7 +404,7 @@ def test_secrets_come_from_the_host_not_the_repository(
 def test_third_party_images_are_pinned(compose: dict[str, Any]) -> None:
     images = {name: spec["image"] for name, spec in compose["services"].items()
               if "build" not in spec}
-    assert {"redis", "prometheus", "chroma"} <= images.keys()
+    assert {"redis", "prometheus", "chroma", "envoy"} <= images.keys()
     for name, image in images.items():
         _, _, tag = image.rpartition(":")
         assert tag and "/" not in tag and tag != "latest", f"{name}: {image} is not pinned"
@@ -462,3 +499,95 @@ def test_healthcheck_probe_tells_serving_from_not_serving(
             server.stop(None)
     assert result.returncode == (0 if status == "SERVING" else 1), (
         f"probe exited {result.returncode} for {status}: {result.stderr.decode()}")
+
+
+# --- the edge: the rate limit service and Envoy ------------------------------------------
+
+
+def test_the_rate_limit_service_container(compose: dict[str, Any], tmp_path: Path) -> None:
+    exposed = {int(port.split("/")[0]) for keyword, args in dockerfile_instructions()
+               if keyword == "EXPOSE" for port in args.split()}
+    for compose_name, (_, port, metrics_port) in GATEWAY_SERVICES.items():
+        spec = compose["services"][compose_name]
+        env = environment(spec)
+        assert env["LLMMESH_LISTEN_HOST"] in WILDCARD_HOSTS
+        assert re.fullmatch(r"\$\{LLMMESH_SERVICE_TOKEN:\?[^}]+\}",
+                            spec["environment"]["LLMMESH_SERVICE_TOKEN"])
+        env["LLMMESH_DATA_DIR"] = str(tmp_path / "data")
+        config = RateLimitServiceConfig.from_env(Env(env))
+        assert config.runtime.production
+        assert (config.runtime.port, config.runtime.metrics_port) == (port, metrics_port)
+        assert {port, metrics_port} <= exposed, "services/Dockerfile does not EXPOSE them"
+        assert spec["healthcheck"]["test"][4] == f"127.0.0.1:{port}"
+        assert not spec.get("ports"), "only Envoy calls the rate limit service"
+        mounts = dict(volume.rsplit(":", 2)[:2] for volume in spec["volumes"])
+        source = next(src for src, target in mounts.items() if target == str(config.rules_path))
+        assert (COMPOSE_FILE.parent / source).resolve() == ROOT / "envoy" / "ratelimit.yaml"
+        assert config.redis_failure in {"error", "allow", "deny"}
+        assert duration_seconds(spec.get("stop_grace_period", "10s")) > \
+            config.runtime.shutdown_grace_seconds
+
+
+def cluster_addresses(envoy_config: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    found = {}
+    for cluster in envoy_config["static_resources"]["clusters"]:
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        socket = endpoint["address"]["socket_address"]
+        found[cluster["name"]] = (socket["address"], int(socket["port_value"]))
+    return found
+
+
+def test_envoy_clusters_are_the_compose_services_and_ports(
+        compose: dict[str, Any], app_services: dict[str, str],
+        envoy_config: dict[str, Any]) -> None:
+    clusters = cluster_addresses(envoy_config)
+    upstreams = {upstream.name for upstream in LLMMESH_SPEC.upstreams}
+    for name, (host, port) in clusters.items():
+        if host in {"127.0.0.1", "localhost"}:
+            continue  # Envoy's own listener (JWKS) and admin API
+        assert host in compose["services"], f"cluster {name} points at unknown host {host}"
+        if host in app_services:
+            assert port == effective_ports(app_services[host],
+                                           environment(compose["services"][host]))[0]
+        else:
+            _, grpc_port, _ = GATEWAY_SERVICES[host]
+            assert port == grpc_port, f"cluster {name}: {host} listens on {grpc_port}"
+    assert upstreams <= clusters.keys() and RATELIMIT_CLUSTER in clusters
+    assert set(app_services) == upstreams, "every API service is behind the edge"
+
+
+def test_envoy_container_runs_the_generated_config(compose: dict[str, Any],
+                                                   envoy_config: dict[str, Any]) -> None:
+    envoy = compose["services"]["envoy"]
+    command = envoy["command"]
+    config_path = command[command.index("-c") + 1]
+    mounts = dict(volume.rsplit(":", 2)[:2] for volume in envoy["volumes"])
+    source = next(src for src, target in mounts.items() if target == ENVOY_DIR)
+    assert (COMPOSE_FILE.parent / source).resolve() == ROOT / "envoy"
+    assert config_path == f"{ENVOY_DIR}/envoy.yaml"
+    files = {str(value) for key, value in walk_items(envoy_config) if key == "proto_descriptor"}
+    for path in files:
+        assert path.startswith(ENVOY_DIR + "/")
+        assert (ROOT / "envoy" / path.removeprefix(ENVOY_DIR + "/")).is_file()
+    assert any(published_container_port(entry) == LISTENER_PORT for entry in envoy["ports"])
+    assert {"auth", "chat", "document", "embedding", "ratelimit"} <= set(envoy["depends_on"])
+
+
+def walk_items(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield str(key), value
+            yield from walk_items(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk_items(item)
+
+
+def test_prometheus_scrapes_the_edge_too(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text(encoding="utf-8"))
+    jobs = {target: job.get("metrics_path", "/metrics") for job in config["scrape_configs"]
+            for static in job.get("static_configs", []) for target in static["targets"]}
+    for compose_name, (_, _, metrics_port) in GATEWAY_SERVICES.items():
+        assert jobs.get(f"{compose_name}:{metrics_port}") == "/metrics"
+    assert jobs.get(f"envoy:{STATS_PORT}") == "/stats/prometheus"
+    assert "envoy" in compose["services"]

@@ -1,7 +1,8 @@
 """Runs the whole mesh on this machine: a local Redis (unless LLMMESH_REDIS_URL names
-one) and every service as its own process on 127.0.0.1. Waits for each to report
-SERVING over gRPC health checking, prints the endpoints, and on Ctrl-C (or SIGTERM,
-or any service dying) stops everything: services first, gracefully, then Redis.
+one), every service as its own process on 127.0.0.1, the rate limit service and the
+Python edge (REST on :8080). Waits for each to report SERVING over gRPC health checking
+(the edge: GET /healthz), prints the endpoints, and on Ctrl-C (or SIGTERM, or any
+process dying) stops everything: the edge and services first, gracefully, then Redis.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -19,10 +22,13 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import EDGE_PORT, ratelimit_address
 from services.mesh.redis_server import LocalRedis
 from services.runtime.config import DEFAULT_PORTS, Env, endpoint
 
 SERVICES = ("auth", "embedding", "document", "chat")
+# After the services: (name, module); the edge last, once everything it calls is up.
+EDGE_PROCESSES = (("ratelimit", "gateway.ratelimit"), ("edge", "gateway"))
 STARTUP_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -62,16 +68,48 @@ class Mesh:
         host = reader.str("LLMMESH_LISTEN_HOST", "127.0.0.1")
         for name in SERVICES:
             where = endpoint(reader, name, host)
-            log_path = logs / f"{name}.log"
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
-                    [sys.executable, "-m", f"services.{name}"], env=self.env,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            self.children.append(Child(name, process, where.address, where.metrics_port,
-                                       log_path))
+            self._spawn(name, f"services.{name}", where.address, where.metrics_port, logs)
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for child in self.children:
             self._wait_serving(child, deadline)
+        for name, module in EDGE_PROCESSES:
+            if name == "edge":
+                port = reader.int("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535)
+                address = f"127.0.0.1:{port}"
+            else:
+                address = ratelimit_address(reader, host)
+            child = self._spawn(name, module, address, 0, logs)
+            if name == "edge":
+                self._wait_http(child, f"http://{address}/healthz", deadline)
+            else:
+                self._wait_serving(child, deadline)
+
+    def _spawn(self, name: str, module: str, address: str, metrics_port: int,
+               logs: Path) -> Child:
+        log_path = logs / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+                [sys.executable, "-m", module], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        child = Child(name, process, address, metrics_port, log_path)
+        self.children.append(child)
+        return child
+
+    def _wait_http(self, child: Child, url: str, deadline: float) -> None:
+        while True:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n"
+                                   + _tail(child.log_path))
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{child.name} did not answer {url}:\n"
+                                   + _tail(child.log_path))
+            time.sleep(0.1)
 
     def _wait_serving(self, child: Child, deadline: float) -> None:
         with grpc.insecure_channel(child.address) as channel:
@@ -96,7 +134,8 @@ class Mesh:
         for child in self.children:
             metrics = (f"   metrics http://127.0.0.1:{child.metrics_port}/metrics"
                        if child.metrics_port else "")
-            lines.append(f"  {child.name:<10} grpc {child.address:<18}{metrics}")
+            kind = "http" if child.name == "edge" else "grpc"
+            lines.append(f"  {child.name:<10} {kind} {child.address:<18}{metrics}")
         if self.redis is not None:
             lines.append(f"  {'redis':<10} {self.redis.url}  ({self.redis.binary.name})")
         lines.append(f"  data dir   {self.data_dir}   (logs in {self.data_dir / 'logs'})")
@@ -115,7 +154,7 @@ class Mesh:
         self._stopping.set()
 
     def stop(self) -> None:
-        for child in self.children:
+        for child in reversed(self.children):  # the edge first
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS

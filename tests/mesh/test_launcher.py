@@ -29,6 +29,9 @@ def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
     for name, port in ports.items():
         env[f"LLMMESH_{name.upper()}_PORT"] = str(port)
         env[f"LLMMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
+    ports["edge"] = free_port()
+    env.update(LLMMESH_EDGE_PORT=str(ports["edge"]), LLMMESH_RATELIMIT_PORT=str(free_port()),
+               LLMMESH_RATELIMIT_METRICS_PORT=str(free_port()))
     env.pop("LLMMESH_REDIS_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "services.mesh"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,6 +62,8 @@ def test_the_mesh_runs_answers_and_stops_cleanly(mesh) -> None:  # type: ignore[
     process, ports, banner = mesh
     for name, port in ports.items():
         assert f"127.0.0.1:{port}" in banner, name
+        if name == "edge":
+            continue
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5)
@@ -87,15 +92,54 @@ def test_the_mesh_runs_answers_and_stops_cleanly(mesh) -> None:  # type: ignore[
             query="when does the ferry leave?", k=1), timeout=30, metadata=bearer)
         assert found.results[0].document == created.name
 
+    # REST through the Python edge: JSON in, the server stream as Server-Sent Events out.
+    edge = f"http://127.0.0.1:{ports['edge']}"
+    status, body = _http("POST", f"{edge}/v1/auth:login",
+                         {"username": "meshuser", "password": "mesh password"})
+    assert status == 200 and body["tokens"]["tokenType"] == "Bearer"
+    status, events = _http("POST", f"{edge}/v1/conversations:streamChat",
+                           {"message": "When does the ferry leave?", "options": {"useRag": True}},
+                           token=body["tokens"]["accessToken"], sse=True)
+    assert status == 200
+    kinds = [next(iter(event)) for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "sources" in kinds
+    answer = "".join(e["delta"]["text"] for e in events if "delta" in e)
+    assert "seven" in answer  # the extractive model quoted the ingested document
+    status, _ = _http("GET", f"{edge}/v1/users/me")
+    assert status == 401
+
     children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                               text=True, check=False).stdout.split()
-    assert len(children) >= 5  # redis + four services
+    assert len(children) >= 7  # redis, four services, the rate limit service, the edge
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "stopped." in output
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"{pid} survived"
+
+
+def _http(method: str, url: str, body: dict | None = None, token: str = "",
+          sse: bool = False) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, method=method, data=data)  # noqa: S310 — loopback
+    request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            text = answer.read().decode()
+            status = answer.status
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    if sse:
+        return status, [json.loads(line.removeprefix("data: "))
+                        for line in text.splitlines() if line.startswith("data: ")]
+    return status, json.loads(text)
 
 
 def _is_zombie(pid: str) -> bool:

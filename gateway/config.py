@@ -1,0 +1,109 @@
+"""Configuration of the Python edge and the rate limit service, from the environment
+(through `services.runtime.config.Env`, the one reader of os.environ).
+
+| variable | default | meaning |
+|---|---|---|
+| `LLMMESH_EDGE_PORT` | `8080` | where the Python edge listens (on `LLMMESH_LISTEN_HOST`) |
+| `LLMMESH_EDGE_DESCRIPTOR_SET` | the API package's | descriptor set to transcode with |
+| `LLMMESH_EDGE_CORS_ORIGINS` | the spec's | comma-separated allowed origins (`*` = any) |
+| `LLMMESH_RATELIMIT_PORT` / `_METRICS_PORT` | `50060` / `9105` | the rate limit service |
+| `LLMMESH_RATELIMIT_ADDRESS` | `127.0.0.1:<port>` | where the edge reaches it |
+| `LLMMESH_RATELIMIT_CONFIG` | `envoy/ratelimit.yaml` | limits per descriptor |
+| `LLMMESH_RATELIMIT_REDIS_FAILURE` | `error` | while Redis is down: `error`, `allow`, `deny` |
+| `LLMMESH_RATELIMIT_KEY_PREFIX` | `llmmesh:ratelimit:` | Redis key prefix of the counters |
+
+`error` answers UNAVAILABLE and leaves the choice to the edge's failure mode (open by
+default: `ratelimit_failure_mode_deny` in gateway/spec.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RATELIMIT_RULES = REPO_ROOT / "envoy" / "ratelimit.yaml"
+EDGE_PORT = 8080
+RATELIMIT_PORT = 50060
+RATELIMIT_METRICS_PORT = 9105
+REDIS_FAILURE_MODES = ("error", "allow", "deny")
+
+
+def _runtime(env: Env, service: str, port_name: str, port: int,
+             metrics_name: str | None, metrics_port: int) -> RuntimeConfig:
+    """The shared settings (env, host, data dir, Redis, JWT, grace) under our own ports.
+
+    RuntimeConfig knows only the four API services' ports, so the shared fields are read
+    through auth's entry and the ports replaced.
+    """
+    base = RuntimeConfig.from_env("auth", env)
+    return replace(
+        base, service=service,
+        port=env.int(port_name, port, minimum=0, maximum=65535),
+        metrics_port=(env.int(metrics_name, metrics_port, minimum=0, maximum=65535)
+                      if metrics_name else 0))
+
+
+def ratelimit_address(env: Env, host: str) -> str:
+    port = env.int("LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT, minimum=0, maximum=65535)
+    connect = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host  # noqa: S104
+    return env.str("LLMMESH_RATELIMIT_ADDRESS", f"{connect}:{port}")
+
+
+@dataclass(frozen=True)
+class RateLimitServiceConfig:
+    """Settings of the rate limit service (`python -m gateway.ratelimit`)."""
+
+    runtime: RuntimeConfig
+    rules_path: Path
+    redis_failure: str
+    key_prefix: str
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> RateLimitServiceConfig:
+        env = env or Env()
+        runtime = _runtime(env, "ratelimit", "LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT,
+                           "LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT)
+        failure = env.str("LLMMESH_RATELIMIT_REDIS_FAILURE", "error").lower()
+        if failure not in REDIS_FAILURE_MODES:
+            raise ConfigError(f"LLMMESH_RATELIMIT_REDIS_FAILURE must be one of "
+                              f"{', '.join(REDIS_FAILURE_MODES)}, got {failure!r}")
+        return cls(
+            runtime=runtime,
+            rules_path=Path(env.str("LLMMESH_RATELIMIT_CONFIG", str(DEFAULT_RATELIMIT_RULES))),
+            redis_failure=failure,
+            key_prefix=env.str("LLMMESH_RATELIMIT_KEY_PREFIX", "llmmesh:ratelimit:"),
+        )
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Settings of the Python edge (`python -m gateway`)."""
+
+    runtime: RuntimeConfig
+    descriptor_set: Path
+    upstream_addresses: dict[str, str]  # upstream name (e.g. "auth") -> host:port
+    ratelimit_address: str
+    cors_origins: tuple[str, ...] | None
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> EdgeConfig:
+        import llmmesh
+
+        env = env or Env()
+        runtime = _runtime(env, "edge", "LLMMESH_EDGE_PORT", EDGE_PORT, None, 0)
+        host = runtime.listen_host
+        upstreams = {name: endpoint(env, name, host).address
+                     for name in ("auth", "chat", "document", "embedding")}
+        origins = env.optional("LLMMESH_EDGE_CORS_ORIGINS")
+        return cls(
+            runtime=runtime,
+            descriptor_set=Path(env.str("LLMMESH_EDGE_DESCRIPTOR_SET",
+                                        str(llmmesh.descriptor_set_path()))),
+            upstream_addresses=upstreams,
+            ratelimit_address=ratelimit_address(env, host),
+            cors_origins=(tuple(o.strip() for o in origins.split(",") if o.strip())
+                          if origins else None),
+        )

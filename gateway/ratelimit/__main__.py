@@ -1,0 +1,3 @@
+from gateway.ratelimit.server import main
+
+main()

@@ -1,0 +1,62 @@
+"""Builds the rate limit service's server: MeshServer (health, reflection, metrics,
+graceful shutdown) around the RateLimitService servicer.
+
+ShouldRateLimit is public at the interceptor: Envoy's ratelimit filter sends no
+credentials. The service is reachable only inside the deployment (127.0.0.1 locally,
+not published by docker-compose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from redis.asyncio import Redis
+
+from gateway.config import RateLimitServiceConfig
+from gateway.ratelimit.limiter import FixedWindowLimiter
+from gateway.ratelimit.rules import RateLimitRules
+from gateway.ratelimit.servicer import RateLimitServicer
+from services.runtime.authn import AccessPolicy, service_methods
+from services.runtime.jwt_verify import JwksCache, JwtVerifier
+from services.runtime.server import MeshServer, ServiceSpec
+
+SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+POLICY = AccessPolicy.build(public=service_methods(SERVICE, ["ShouldRateLimit"]))
+# Counting must answer well inside the edge's rate-limit timeout.
+REDIS_TIMEOUT_SECONDS = 0.2
+
+
+def create_server(config: RateLimitServiceConfig) -> MeshServer:
+    """The rate limit server, unstarted (`await server.start()` returns the port)."""
+    rules = RateLimitRules.load(config.rules_path)
+    redis = Redis.from_url(config.runtime.redis_url, decode_responses=True,
+                           socket_timeout=REDIS_TIMEOUT_SECONDS,
+                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+    limiter = FixedWindowLimiter(redis, rules, prefix=config.key_prefix)
+    servicer = RateLimitServicer(limiter, config.redis_failure)
+
+    def register(server: grpc.aio.Server) -> None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        await redis.aclose()
+
+    async def no_keys() -> dict[str, Any]:
+        return {"keys": []}  # no method here takes a user token
+
+    verifier = JwtVerifier(JwksCache(no_keys), issuer=config.runtime.jwt_issuer,
+                           audience=config.runtime.jwt_audience)
+    spec = ServiceSpec(names=[SERVICE], register=register, policy=POLICY, on_stop=[close])
+    return MeshServer(config.runtime, spec, verifier)
+
+
+def main() -> None:
+    from services.runtime.logs import configure_logging
+    from services.runtime.server import serve_until_signalled
+
+    config = RateLimitServiceConfig.from_env()
+    configure_logging("ratelimit", config.runtime.log_level)
+    asyncio.run(serve_until_signalled(lambda: create_server(config)))

@@ -1,0 +1,267 @@
+"""envoy/envoy.yaml is valid Envoy config and says what the spec says.
+
+Validity: the YAML is parsed into Envoy's `Bootstrap` with the xds-protos messages (every
+`typed_config` module imported), which rejects unknown fields, wrong types, bad enums
+and unknown `@type`s. Meaning: clusters exist, every public RPC is routed and no
+internal one, jwt_authn's rules agree with the Python edge's route table, the
+transcoder's descriptor set is current, and the settings protoc-gen-validate would
+check (and that matter to us) hold.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import pkgutil
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llmmesh
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from gateway.descriptors import (
+    build_pool,
+    edge_descriptor_bytes,
+    edge_descriptor_set,
+    load_descriptor_set,
+    methods_of,
+)
+from gateway.envoy_config import (
+    DESCRIPTOR_FILE,
+    ENVOY_DIR,
+    JWKS_CLUSTER,
+    RATELIMIT_CLUSTER,
+    bootstrap,
+)
+from gateway.routes import RouteTable
+from gateway.spec import LLMMESH_SPEC
+from tests.edge.harness import TEST_SPEC, merge
+from tests.edge.upstream import compile_descriptor_set
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
+
+
+@pytest.fixture(scope="module")
+def bootstrap_class() -> Any:
+    import envoy.config
+    import envoy.extensions
+
+    for package in (envoy.extensions, envoy.config):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if module.name.endswith("_pb2"):
+                importlib.import_module(module.name)
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+    return bootstrap_pb2.Bootstrap
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return yaml.safe_load(ENVOY_YAML.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Any:
+    return build_pool(edge_descriptor_set(load_descriptor_set(llmmesh.descriptor_set_path())))
+
+
+def walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+def manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = next(item for item in config["static_resources"]["listeners"]
+                    if item["name"] == "edge")
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def http_filter(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f["typed_config"] for f in manager(config)["http_filters"] if f["name"] == name)
+
+
+def test_envoy_yaml_parses_into_bootstrap(bootstrap_class: Any, config: dict[str, Any]) -> None:
+    parsed = json_format.ParseDict(config, bootstrap_class())
+    assert parsed.static_resources.listeners[0].address.socket_address.port_value == 8080
+
+
+@pytest.mark.parametrize("mutate, error", [
+    (lambda c: manager(c).__setitem__("use_remote_adress", True), "use_remote_adress"),
+    (lambda c: manager(c).__setitem__("codec_type", "HTTP7"), "HTTP7"),
+    (lambda c: manager(c).__setitem__("stream_idle_timeout", 300), "stream_idle_timeout"),
+    (lambda c: http_filter(c, "envoy.filters.http.ratelimit").__setitem__(
+        "@type", "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v9.RateLimit"),
+     "RateLimit"),
+    (lambda c: http_filter(c, "envoy.filters.http.grpc_json_transcoder")["print_options"]
+     .__setitem__("stream_sse_delimited", True), "stream_sse_delimited"),
+])
+def test_the_validation_rejects_mistakes(bootstrap_class: Any, config: dict[str, Any],
+                                         mutate: Any, error: str) -> None:
+    broken = copy.deepcopy(config)
+    mutate(broken)
+    with pytest.raises(json_format.ParseError, match=error):
+        json_format.ParseDict(broken, bootstrap_class())
+
+
+def test_the_conformance_config_for_the_test_spec_parses_too(
+        bootstrap_class: Any, tmp_path: Path) -> None:
+    files = merge(load_descriptor_set(llmmesh.descriptor_set_path()),
+                  compile_descriptor_set(tmp_path / "edgetest.binpb"))
+    methods = methods_of(build_pool(edge_descriptor_set(files)), TEST_SPEC.services)
+    json_format.ParseDict(bootstrap(TEST_SPEC, methods), bootstrap_class())
+
+
+def test_every_referenced_cluster_exists(config: dict[str, Any]) -> None:
+    defined = {cluster["name"] for cluster in config["static_resources"]["clusters"]}
+    referenced = {value for key, value in walk(config)
+                  if key in {"cluster", "cluster_name"} and isinstance(value, str)}
+    assert referenced, "found no cluster references"
+    assert referenced <= defined, f"undefined clusters: {referenced - defined}"
+    assert {JWKS_CLUSTER, RATELIMIT_CLUSTER} <= referenced
+    for upstream in LLMMESH_SPEC.upstreams:
+        cluster = next(c for c in config["static_resources"]["clusters"]
+                       if c["name"] == upstream.name)
+        options = cluster["typed_extension_protocol_options"]
+        assert "http2_protocol_options" in str(options), f"{upstream.name} is not HTTP/2"
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert address["address"]["socket_address"] == {"address": upstream.name,
+                                                        "port_value": upstream.port}
+
+
+def route_for(config: dict[str, Any], path: str, method: str = "POST",
+              grpc: bool = True) -> dict[str, Any]:
+    """The first route Envoy's router would pick for a request."""
+    for route in manager(config)["route_config"]["virtual_hosts"][0]["routes"]:
+        match = route["match"]
+        if "grpc" in match and not grpc:
+            continue
+        if "path" in match and match["path"] != path:
+            continue
+        if "prefix" in match and not path.startswith(match["prefix"]):
+            continue
+        if "safe_regex" in match and not re.search(match["safe_regex"]["regex"], path):
+            continue
+        headers = {h["name"]: h["string_match"]["exact"] for h in match.get("headers", [])}
+        if headers.get(":method", method) != method:
+            continue
+        return route
+    raise AssertionError(f"no route for {path}")
+
+
+def test_every_public_rpc_is_routed_and_no_internal_one(config: dict[str, Any],
+                                                        pool: Any) -> None:
+    transcoder = http_filter(config, "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["services"] == list(LLMMESH_SPEC.services)
+    for method in methods_of(pool, LLMMESH_SPEC.services):
+        assert method.bindings, f"{method.full_name} has no google.api.http rule"
+        route = route_for(config, method.full_name)
+        upstream = LLMMESH_SPEC.upstream_for(method.full_name)
+        assert upstream is not None and route["route"]["cluster"] == upstream.name
+        expected_timeout = "0s" if method.server_streaming else None
+        if expected_timeout:
+            assert route["route"]["timeout"] == expected_timeout, method.full_name
+    for method in methods_of(pool, ["llmmesh.auth.v1.QuotaService"]):
+        assert method.full_name.strip("/").split("/")[0] not in transcoder["services"]
+        route = route_for(config, method.full_name)
+        assert route["name"] == "not_found" and route["direct_response"]["status"] == 404
+
+
+def sample_path(template: str) -> str:
+    text = re.sub(r"\{[^}=]+=([^}]*)\}", lambda m: m.group(1), template)
+    text = re.sub(r"\{[^}]+\}", "x1", text)
+    return text.replace("**", "a/b").replace("*", "x1")
+
+
+def jwt_requirement(config: dict[str, Any], path: str, method: str) -> str:
+    rules = http_filter(config, "envoy.filters.http.jwt_authn")["rules"]
+    for rule in rules:
+        match = rule["match"]
+        if "path" in match and match["path"] != path:
+            continue
+        if "prefix" in match and not path.startswith(match["prefix"]):
+            continue
+        if "safe_regex" in match and not re.search(match["safe_regex"]["regex"], path):
+            continue
+        headers = {h["name"]: h["string_match"]["exact"] for h in match.get("headers", [])}
+        if headers.get(":method", method) != method:
+            continue
+        requires = rule.get("requires")
+        if requires is None:
+            return "none"
+        return "optional" if "requires_any" in requires else "required"
+    raise AssertionError(f"no jwt rule for {method} {path}")
+
+
+def test_jwt_rules_agree_with_the_python_edge(config: dict[str, Any], pool: Any) -> None:
+    table = RouteTable(LLMMESH_SPEC, pool)
+    checked = 0
+    for method in table.methods:
+        public = method.full_name in LLMMESH_SPEC.public_methods
+        want = "optional" if public else "required"
+        assert jwt_requirement(config, method.full_name, "POST") == want
+        for binding in method.bindings:
+            base = sample_path(binding.template)
+            for path in (base, base + "/", base.replace("/x1", "/a%2Fb"), base + "?x=1"):
+                found = table.lookup(binding.http_method, path)
+                if found is None:
+                    continue
+                resolved_public = found.value.public
+                got = jwt_requirement(config, path.split("?")[0], binding.http_method)
+                assert got == ("optional" if resolved_public else "required"), (
+                    f"{binding.http_method} {path}: envoy {got}, python edge public="
+                    f"{resolved_public}")
+                checked += 1
+    assert checked > 30
+    assert jwt_requirement(config, "/v1/unknown", "GET") == "required"
+    assert jwt_requirement(config, LLMMESH_SPEC.health_path, "GET") == "none"
+    assert jwt_requirement(config, "/llmmesh.auth.v1.QuotaService/ReserveTokens",
+                           "POST") == "required"
+
+
+def test_rest_routes_carry_the_methods_rate_limit_class(config: dict[str, Any],
+                                                        pool: Any) -> None:
+    for method in methods_of(pool, LLMMESH_SPEC.services):
+        wanted = LLMMESH_SPEC.class_of(method.full_name)
+        for binding in method.bindings:
+            route = route_for(config, sample_path(binding.template), binding.http_method,
+                              grpc=False)
+            classes = {action["generic_key"]["descriptor_value"]
+                       for limit in route["route"]["rate_limits"]
+                       for action in limit["actions"] if "generic_key" in action}
+            assert classes == {wanted}, f"{binding.http_method} {binding.template}"
+            keys = {next(iter(a)) for limit in route["route"]["rate_limits"]
+                    for a in limit["actions"]}
+            assert "request_headers" not in keys, "rate-limit keys must not come from headers"
+
+
+def test_filters_settings_and_descriptor_set(config: dict[str, Any]) -> None:
+    names = [f["name"] for f in manager(config)["http_filters"]]
+    assert names == ["envoy.filters.http.cors", "envoy.filters.http.header_mutation",
+                     "envoy.filters.http.jwt_authn", "envoy.filters.http.ratelimit",
+                     "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
+    removed = {m["remove"] for m in http_filter(config, "envoy.filters.http.header_mutation")
+               ["mutations"]["request_mutations"]}
+    assert {"x-user-id", "x-llmmesh-service-token"} <= removed
+    jwt = http_filter(config, "envoy.filters.http.jwt_authn")["providers"]["llmmesh"]
+    assert jwt["forward"] is True and jwt["remote_jwks"]["cache_duration"]
+    assert jwt["claim_to_headers"][0]["header_name"] in removed
+    ratelimit = http_filter(config, "envoy.filters.http.ratelimit")
+    assert ratelimit["domain"] == LLMMESH_SPEC.domain
+    assert float(ratelimit["timeout"].rstrip("s")) >= 0.1, "20 ms default is too tight"
+    transcoder = http_filter(config, "envoy.filters.http.grpc_json_transcoder")
+    assert transcoder["print_options"]["stream_sse_style_delimited"] is True
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["proto_descriptor"] == f"{ENVOY_DIR}/{DESCRIPTOR_FILE}"
+    api = llmmesh.descriptor_set_path().read_bytes()
+    assert (ROOT / "envoy" / DESCRIPTOR_FILE).read_bytes() == edge_descriptor_bytes(api), \
+        "envoy/descriptor_set.binpb is stale: run python scripts/gen_edge.py"
