@@ -9,6 +9,7 @@ Prometheus metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import re
@@ -87,10 +88,11 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(self, method, context)
+            result: Any = None
             try:
                 await call.begin()
                 result = behavior(request, context)
-                if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+                if hasattr(result, "__aiter__"):
                     async for message in result:
                         yield message
                 elif inspect.isawaitable(result):
@@ -99,9 +101,20 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                 await call.fail(error)
                 raise
             finally:
+                # Close the handler's generator now, not whenever it is garbage collected:
+                # a client that went away must stop the work (e.g. a model call) at once.
+                if inspect.isasyncgen(result):
+                    await _close_quietly(result)
                 call.end()
 
         return stream
+
+
+async def _close_quietly(generator: Any) -> None:
+    try:
+        await generator.aclose()
+    except Exception:
+        log.exception("closing a server stream's generator failed")
 
 
 class _Call:
@@ -166,7 +179,10 @@ class _Call:
                                      "duration_ms": round(elapsed * 1000, 3),
                                      "caller": principal.subject or principal.kind})
         for token in reversed(self._tokens):
-            token.var.reset(token)
+            # A stream finalised from another context (after the client went away): the
+            # values were only ever set in the call's own context, so nothing leaks.
+            with contextlib.suppress(ValueError):
+                token.var.reset(token)
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:

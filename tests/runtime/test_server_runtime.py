@@ -205,3 +205,37 @@ async def test_peer_channel_forwards_identity_request_id_and_deadline(
         await down.stop(0)
         await peer.close()
         await auth_channel.close()
+
+
+async def test_a_client_that_goes_away_stops_the_stream_handler(env) -> None:
+    closed = asyncio.Event()
+    produced = 0
+
+    async def endless(request: bytes, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield b"tick"
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
+
+    server = _probe_server(env, {"Endless": grpc.unary_stream_rpc_method_handler(endless)})
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream(f"/{PROBE}/Endless")(b"", timeout=30)
+            for _ in range(3):
+                await call.read()
+            call.cancel()
+            await asyncio.wait_for(closed.wait(), timeout=2)
+            count = produced
+            await asyncio.sleep(0.2)
+            assert produced == count  # nothing runs after the client left
+        in_flight = server.metrics.registry.get_sample_value(
+            "llmmesh_grpc_server_in_flight",
+            {"grpc_service": PROBE, "grpc_method": "Endless"})
+        assert in_flight == 0
+    finally:
+        await server.stop(0)
