@@ -3,8 +3,10 @@
 Prints figures; it is not a test (apart from sanity checks it never fails on a number).
 Everything listens on 127.0.0.1 only; a Redis, the auth, embedding and document
 services run as separate processes (`python -m services.<name>`) under a temporary
-data directory, and are stopped when the run ends, even on error or Ctrl-C. The whole
-run is bounded (about five minutes on two cores; aborted after HARD_LIMIT_S). Parts:
+data directory, and are stopped when the run ends, even on error, Ctrl-C or SIGTERM.
+The whole run is bounded: about five minutes on two otherwise idle cores (half of it
+writing 110k chunks into Chroma for part 3), longer on a loaded machine, cancelled and
+cleaned up after HARD_LIMIT_S. Parts:
 
 1. End-to-end ingestion throughput through the public API (DocumentService.CreateDocument,
    12 distinct text documents of 25-40 chunks, concurrency 1 and 4), in chunks/s and
@@ -14,14 +16,20 @@ run is bounded (about five minutes on two cores; aborted after HARD_LIMIT_S). Pa
    service process used during the runs.
 2. Embedding throughput by batch size (1, 8, 32, 64, 128) through EmbeddingService.Embed,
    on ~1000-character chunks and on ~60-character sentences.
+   2b. The latency of one short Embed call (what a search pays), with and without another
+   process keeping one core busy, for the service as shipped (torch's default thread
+   count) and for the same service started with OMP_NUM_THREADS=1.
 3. Search latency (DocumentService.SearchDocuments, k=5) p50/p95 at 10k and 100k chunks
-   for one user (target p95 <= 20 ms at 100k). The chunks are written straight into the
-   document service's own Chroma store with ChunkStore (the service's layout: one cosine
-   collection per user, the same ids and metadata) and committed in Redis with
-   DocumentRecords, before the service process opens the store. Their vectors are
-   normalised mixtures of real embeddings (plus noise), so the HNSW graph is realistic.
-   The breakdown: Embed RPC of the query, and Chroma's query alone (in this process).
+   for one user (a user per level; target p95 <= 20 ms at 100k). The chunks are written
+   straight into the document service's own Chroma store with ChunkStore (the service's
+   layout: one cosine collection per user, the same ids and metadata) and committed in
+   Redis with DocumentRecords, before the service process opens the store. Their vectors
+   are normalised mixtures of real embeddings (plus noise), so the HNSW graph is
+   realistic. The breakdown: Embed RPC of the query, and Chroma's query alone.
 4. Resident memory (VmRSS, and the peak VmHWM) of each service process.
+
+Every part prints how many cores other work on the machine used meanwhile (/proc/stat
+less this bench's own processes): the figures are only comparable when that is near 0.
 
 Run from the repository root: `.venv/bin/python bench/documents_bench.py`.
 """
@@ -85,11 +93,13 @@ SHORT_TEXTS = 256
 SHORT_TEXTS_SINGLE = 32
 BASE_SENTENCES = 320  # embedded once: the real vectors the synthetic ones are made of
 
+NEIGHBOUR_CALLS = 30
+NEIGHBOUR_MAX_S = 6.0
 SEARCH_LEVELS = ((10_000, 100, 100), (100_000, 100, 1000))  # chunks, documents, per doc
 SEARCH_K = 5
 SEARCH_WARMUP = 10
 SEARCH_CALLS = 200
-SEARCH_MAX_S = 30.0  # per level: fewer calls when the machine is slow
+SEARCH_MAX_S = 20.0  # per level: fewer calls when the machine is slow
 CHROMA_QUERY_CALLS = 100
 SEARCH_P95_TARGET_MS = 20.0
 SYNTHETIC_SENTENCES_PER_CHUNK = 5  # ~300-character stored texts for synthetic chunks
@@ -370,12 +380,14 @@ class ServiceProcess:
     """`python -m services.<name>` on its 127.0.0.1 port, logging to the data dir."""
 
     def __init__(self, name: str, mesh: Mesh, registry: list[ServiceProcess],
-                 label: str | None = None) -> None:
+                 label: str | None = None, *, port: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         registry.append(self)  # whoever holds the registry stops every process in it
         self.name = name
         self.label = label or name
-        self.address = mesh.address(name)
-        self._env = {**_inherited_env(), **mesh.env()}
+        self.address = mesh.address(name) if port is None else f"127.0.0.1:{port}"
+        own_port = {} if port is None else {f"LLMMESH_{name.upper()}_PORT": str(port)}
+        self._env = {**_inherited_env(), **mesh.env(), **own_port, **(extra_env or {})}
         self._log_path = mesh.root / "logs" / f"{self.label}.log"
         self._process: subprocess.Popen[bytes] | None = None
         self.startup_s = math.nan
@@ -716,6 +728,12 @@ async def part_ingestion(mesh: Mesh, user: User, corpus: Corpus,
         print(f"    rest: n/a (the steps alone add up to {(total - rest) / total:.0%} of the "
               f"run: the machine's load changed between the measurements)")
     needed = INGEST_TARGET_CHUNKS_S * tokens_per_chunk
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    ceiling = cores * corpus.total_chunks / alone.embed_cpu_s
+    print(f"ceiling: at {alone.embed_cpu_s / corpus.total_chunks * 1000.0:.0f} CPU-ms of "
+          f"model per chunk, {cores} cores fully given to the embedding process embed at "
+          f"most {ceiling:.0f} chunks/s ({INGEST_TARGET_CHUNKS_S / ceiling:.0f}x below the "
+          f"target); the service runs one batch at a time, so concurrency 4 only queues")
     print(f"bound: the embedding model. {INGEST_TARGET_CHUNKS_S:.0f} chunks/s x "
           f"{tokens_per_chunk:.0f} tokens/chunk needs {needed:,.0f} tokens/s; the embedding "
           f"service alone gives {tokens_per_s:,.0f} tokens/s here "
@@ -766,6 +784,53 @@ async def part_batches(embedding: ServiceProcess, user: User, long_texts: Sequen
     print(f"embedding process busy {(embedding.cpu_seconds() - cpu_before) / elapsed:.2f} "
           f"CPU-seconds/s over these calls; other work on the machine "
           f"{before.foreign_cores(after):.2f} cores")
+
+
+class BusyNeighbour:
+    """A process that keeps one core busy (a Python busy loop), stopped by its pid."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BusyNeighbour:
+        self._process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+async def one_text_ms(address: str, user: User, texts: Sequence[str]) -> list[float]:
+    """Latency in ms of Embed calls of one short text each (NEIGHBOUR_CALLS, time-capped)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        for text in texts[:3]:
+            await embed(stub, user, [text])
+        samples: list[float] = []
+        deadline = time.perf_counter() + NEIGHBOUR_MAX_S
+        for index in range(NEIGHBOUR_CALLS):
+            if time.perf_counter() > deadline:
+                break
+            started = time.perf_counter()
+            await embed(stub, user, [texts[index % len(texts)]])
+            samples.append((time.perf_counter() - started) * 1000.0)
+    return samples
+
+
+async def part_neighbour(processes: Sequence[ServiceProcess], user: User,
+                         texts: Sequence[str]) -> None:
+    heading("2b. Embed of one ~60-char text (a search query), without and with another "
+            "process keeping one core busy")
+    for process in processes:
+        idle = await one_text_ms(process.address, user, texts)
+        with BusyNeighbour():
+            await asyncio.sleep(0.2)
+            busy = await one_text_ms(process.address, user, texts)
+        print(f"{process.label:<30} alone      {summary(idle, 'ms')}")
+        print(f"{'':<30} neighbour  {summary(busy, 'ms')}   "
+              f"(p50 x{statistics.median(busy) / statistics.median(idle):.1f})", flush=True)
 
 
 # ---------------------------------------------------------------- part 3: search
@@ -861,21 +926,24 @@ async def part_search(mesh: Mesh, levels: Sequence[Level], embedding: ServicePro
     redis = redis_client(mesh.redis_url)
     try:
         records = DocumentRecords(redis)
+        started = time.perf_counter()
         await asyncio.gather(*(populate(store, records, level, base, sentences, seed)
                                for seed, level in enumerate(levels)))
+        populate_s = time.perf_counter() - started
         for level in levels:
             await chroma_query_alone(store, level, query_vectors)
     finally:
         await redis.aclose()
         close_store(store)
-    for level in levels:
-        print(f"populated {level.chunks:>7,} chunks ({level.documents} documents x "
-              f"{level.per_document}) for one user in {level.populate_s:6.1f} s "
-              f"({level.chunks / level.populate_s:5.0f} chunks/s through ChunkStore.add; "
-              f"both users written at once)")
-    print(f"(vectors: mixtures of {len(base)} real embeddings + noise; stored texts "
-          f"~{SYNTHETIC_SENTENCES_PER_CHUNK * 60} chars; records committed in Redis)",
-          flush=True)
+    written = sum(level.chunks for level in levels)
+    print(f"populated {written:,} chunks in {populate_s:.1f} s ({written / populate_s:.0f} "
+          f"chunks/s through ChunkStore.add, 100 or 1000 per call, both users at once): "
+          + ", ".join(f"{level.chunks:,} = {level.documents} documents x "
+                      f"{level.per_document} done after {level.populate_s:.1f} s"
+                      for level in levels))
+    print(f"(vectors: normalised mixtures of two of {len(base)} real embeddings + noise; "
+          f"stored texts ~{SYNTHETIC_SENTENCES_PER_CHUNK * 60} chars; records committed in "
+          f"Redis)", flush=True)
 
     document = ServiceProcess("document", mesh, registry, "document (search run)")
     await document.wait_serving()
@@ -934,7 +1002,7 @@ async def part_search(mesh: Mesh, levels: Sequence[Level], embedding: ServicePro
 def part_memory(memory: dict[str, tuple[float, float]]) -> None:
     heading("4. Resident memory of each service process (/proc/<pid>/status)")
     for name, (rss, peak) in memory.items():
-        print(f"{name:<32} VmRSS {rss:8.1f} MiB   peak VmHWM {peak:8.1f} MiB")
+        print(f"{name:<38} VmRSS {rss:8.1f} MiB   peak VmHWM {peak:8.1f} MiB")
 
 
 async def run(root: Path) -> None:
@@ -950,10 +1018,14 @@ async def run(root: Path) -> None:
     try:
         mesh = Mesh(root, redis.url)
         auth = ServiceProcess("auth", mesh, services)
-        embedding = ServiceProcess("embedding", mesh, services)
-        auth.spawn()
-        embedding.spawn()
-        await asyncio.gather(auth.wait_serving(), embedding.wait_serving())
+        embedding = ServiceProcess("embedding", mesh, services, "embedding (as shipped)")
+        # The same service with torch on one thread (OMP_NUM_THREADS=1), for part 2b only.
+        single = ServiceProcess("embedding", mesh, services, "embedding OMP_NUM_THREADS=1",
+                                port=free_port(), extra_env={"OMP_NUM_THREADS": "1"})
+        for process in (auth, embedding, single):
+            process.spawn()
+        await asyncio.gather(auth.wait_serving(), embedding.wait_serving(),
+                             single.wait_serving())
         print(f"auth SERVING after {auth.startup_s:.1f} s, embedding after "
               f"{embedding.startup_s:.1f} s (loads the local model)", flush=True)
         ingest_user, user_10k, user_100k = await asyncio.gather(
@@ -965,6 +1037,9 @@ async def run(root: Path) -> None:
         alone = await part_ingestion(mesh, ingest_user, corpus, embedding, auth, memory,
                                      services)
         await part_batches(embedding, ingest_user, long_texts, short_texts)
+        await part_neighbour((embedding, single), ingest_user, short_texts)
+        memory["embedding OMP_NUM_THREADS=1 (2b only)"] = single.memory_mib()
+        single.stop()
 
         async with grpc.aio.insecure_channel(embedding.address) as channel:
             stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
@@ -979,7 +1054,7 @@ async def run(root: Path) -> None:
         document = await part_search(mesh, levels, embedding, queries, ingest_user, base,
                                      short_texts, services)
         memory["auth"] = auth.memory_mib()
-        memory["embedding"] = embedding.memory_mib()
+        memory["embedding (as shipped)"] = embedding.memory_mib()
         memory[f"document (after search, {SEARCH_LEVELS[-1][0] // 1000}k store)"] = (
             document.memory_mib())
         part_memory(memory)
@@ -1018,6 +1093,9 @@ def main() -> None:
         except TimeoutError:
             print(f"\nABORTED: the run passed its {HARD_LIMIT_S:.0f} s limit")
             sys.exit(1)
+        except KeyboardInterrupt:
+            print("\nINTERRUPTED: the services were stopped")
+            sys.exit(130)
     print()
     print(f"total bench time: {time.perf_counter() - started:.1f} s; "
           f"load average after: {load_average()}")
