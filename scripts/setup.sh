@@ -41,6 +41,8 @@ if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
     opentelemetry-proto
   echo "$stamp" > "$stamp_file"
 fi
+# The local embedding model's ONNX export (made once from the installed weights).
+.venv/bin/python -m services.embedding.onnx_model >/dev/null
 
 if [[ $dev == 1 ]]; then
   npm_stamp=node_modules/.llmmesh-installed

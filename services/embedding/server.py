@@ -39,7 +39,7 @@ def create_server(config: EmbeddingConfig, registry: ModelRegistry | None = None
 
 
 def build_registry(config: EmbeddingConfig) -> ModelRegistry:
-    return ModelRegistry([load_model(spec, config.batch_size) for spec in config.models],
+    return ModelRegistry([load_model(spec, config) for spec in config.models],
                          config.default_model, max_texts=config.max_texts_per_call,
                          max_chars=config.max_chars_per_text)
 
