@@ -204,6 +204,8 @@ LLMMESH_SPEC = EdgeSpec(
     # Every request with a token also counts against this, whatever its class.
     per_user_limit=Limit(300, "minute"),
     cors=CorsSpec(allow_origins=("http://localhost:3000",)),
-    # A whole (non-streamed) chat answer may take a while.
-    method_timeouts={f"/{CHAT}/Chat": 300.0, f"/{DOCUMENT}/UploadDocument": 300.0},
+    # A whole (non-streamed) chat answer may take a while; so does embedding a large
+    # upload on CPU (~15-20 chunks/s on 2 cores: a 10 MiB text is ~10 minutes).
+    method_timeouts={f"/{CHAT}/Chat": 300.0, f"/{DOCUMENT}/CreateDocument": 900.0,
+                     f"/{DOCUMENT}/UploadDocument": 900.0},
 )

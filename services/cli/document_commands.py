@@ -40,7 +40,7 @@ async def ingest(stub: document_pb2_grpc.DocumentServiceStub, path: Path, collec
         content=await asyncio.to_thread(path.read_bytes))
     total = 0
     try:
-        async for event in stub.IngestDocument(request, metadata=metadata, timeout=600):
+        async for event in stub.IngestDocument(request, metadata=metadata, timeout=900):
             stage = document_pb2.IngestStage.Name(event.stage).removeprefix("INGEST_STAGE_")
             total = event.total_chunks or total
             if event.stage == document_pb2.INGEST_STAGE_FAILED:
