@@ -22,7 +22,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.config import EDGE_PORT, ratelimit_address
+from gateway.config import EDGE_PORT, RATELIMIT_METRICS_PORT, ratelimit_address
 from services.mesh.redis_server import LocalRedis
 from services.runtime.config import DEFAULT_PORTS, Env, endpoint
 
@@ -73,12 +73,15 @@ class Mesh:
         for child in self.children:
             self._wait_serving(child, deadline)
         for name, module in EDGE_PROCESSES:
+            metrics_port = 0
             if name == "edge":
                 port = reader.int("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535)
                 address = f"127.0.0.1:{port}"
             else:
                 address = ratelimit_address(reader, host)
-            child = self._spawn(name, module, address, 0, logs)
+                metrics_port = reader.int("LLMMESH_RATELIMIT_METRICS_PORT",
+                                          RATELIMIT_METRICS_PORT, minimum=0, maximum=65535)
+            child = self._spawn(name, module, address, metrics_port, logs)
             if name == "edge":
                 self._wait_http(child, f"http://{address}/healthz", deadline)
             else:
