@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import signal
 import statistics
@@ -35,6 +34,7 @@ from typing import Any
 
 import bcrypt
 import grpc
+from benchstats import heading, percentile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -73,25 +73,14 @@ GET_USER = "/llmmesh.auth.v1.AuthService/GetUser"
 # ---------------------------------------------------------------- statistics helpers
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (`pct` in 0..100) of `values`."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def summary(values: Sequence[float], unit: str) -> str:
     return (f"median {statistics.median(values):9.1f} {unit}   "
-            f"p95 {percentile(values, 95):9.1f} {unit}   "
-            f"p99 {percentile(values, 99):9.1f} {unit}   (n={len(values)})")
+            f"p95 {percentile(values, 0.95):9.1f} {unit}   "
+            f"p99 {percentile(values, 0.99):9.1f} {unit}   (n={len(values)})")
 
 
-def heading(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title))
 
 
 async def timed_us(calls: Sequence[Callable[[], Awaitable[Any]]], count: int,
@@ -386,16 +375,16 @@ async def part_health(server: AuthProcess, username: str) -> None:
     elapsed = time.perf_counter() - started
     cpu_after = server.cpu_seconds()
 
-    verdict = "OK" if percentile(loaded, 99) <= HEALTH_P99_TARGET_MS else "MISSED"
+    verdict = "OK" if percentile(loaded, 0.99) <= HEALTH_P99_TARGET_MS else "MISSED"
     print(f"no load                 p50 {statistics.median(baseline):7.2f} ms   "
-          f"p99 {percentile(baseline, 99):7.2f} ms   max {max(baseline):7.2f} ms   "
+          f"p99 {percentile(baseline, 0.99):7.2f} ms   max {max(baseline):7.2f} ms   "
           f"(n={len(baseline)})")
     print(f"{LOAD_LOGINS} concurrent logins   p50 {statistics.median(loaded):7.2f} ms   "
-          f"p99 {percentile(loaded, 99):7.2f} ms   max {max(loaded):7.2f} ms   "
+          f"p99 {percentile(loaded, 0.99):7.2f} ms   max {max(loaded):7.2f} ms   "
           f"(n={len(loaded)})")
     print(f"target p99 <= {HEALTH_P99_TARGET_MS:.0f} ms under load: {verdict}   "
           f"(p99 loaded / no load: "
-          f"{percentile(loaded, 99) / percentile(baseline, 99):.1f}x)")
+          f"{percentile(loaded, 0.99) / percentile(baseline, 0.99):.1f}x)")
     print(f"load: {len(logins)} logins ({LOAD_LOGINS} in flight) in {elapsed:.2f} s, "
           f"login {summary(logins, 'ms')}")
     if cpu_before is not None and cpu_after is not None:

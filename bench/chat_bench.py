@@ -40,6 +40,8 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchstats import percentile  # noqa: E402
+
 from services.mesh.redis_server import LocalRedis, free_port  # noqa: E402
 from tests.chat.openai_server import OpenAIServer, Script  # noqa: E402
 
@@ -50,9 +52,6 @@ THROUGHPUT_TOKENS = 20_000
 SCENARIO_TIMEOUT_SECONDS = 120.0
 
 
-def percentile(samples: list[float], share: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))]
 
 
 # --- processes -----------------------------------------------------------------------

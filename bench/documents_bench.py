@@ -57,6 +57,7 @@ from types import FrameType
 
 import grpc
 import numpy as np
+from benchstats import heading, percentile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
@@ -110,25 +111,14 @@ QUERIES = 40
 # ---------------------------------------------------------------- statistics helpers
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (`pct` in 0..100) of `values`."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def summary(values: Sequence[float], unit: str) -> str:
     return (f"p50 {statistics.median(values):7.2f} {unit}   "
-            f"p95 {percentile(values, 95):7.2f} {unit}   "
-            f"p99 {percentile(values, 99):7.2f} {unit}   (n={len(values)})")
+            f"p95 {percentile(values, 0.95):7.2f} {unit}   "
+            f"p99 {percentile(values, 0.99):7.2f} {unit}   (n={len(values)})")
 
 
-def heading(title: str) -> None:
-    print()
-    print(title)
-    print("-" * len(title), flush=True)
 
 
 def load_average() -> str:
@@ -977,7 +967,7 @@ async def part_search(mesh: Mesh, levels: Sequence[Level], embedding: ServicePro
             search_ms, embed_ms = await interleaved_ms([search_once, embed_once],
                                                        SEARCH_CALLS, SEARCH_MAX_S)
             after = CpuSnapshot.take()
-            p95 = percentile(search_ms, 95)
+            p95 = percentile(search_ms, 0.95)
             print(f"{level.chunks:>7,} chunks   first search after start {first_ms:7.1f} ms "
                   f"(opens the user's index)")
             print(f"    SearchDocuments          {summary(search_ms, 'ms')}")

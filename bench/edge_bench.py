@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
 import yaml  # noqa: E402
+from benchstats import percentile  # noqa: E402
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -56,11 +57,6 @@ STARTUP_SECONDS = 60.0
 PASSWORD = "correct horse battery"  # noqa: S105 — a throwaway bench user's
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    rank = max(1, min(len(ordered), int(fraction * len(ordered) + 0.999999)))
-    return ordered[rank - 1]
 
 
 def ms(seconds: float) -> str:
