@@ -118,7 +118,8 @@ def test_the_conformance_config_for_the_test_spec_parses_too(
     files = merge(load_descriptor_set(llmmesh.descriptor_set_path()),
                   compile_descriptor_set(tmp_path / "edgetest.binpb"))
     methods = methods_of(build_pool(edge_descriptor_set(files)), TEST_SPEC.services)
-    json_format.ParseDict(bootstrap(TEST_SPEC, methods), bootstrap_class())
+    parsed = json_format.ParseDict(bootstrap(TEST_SPEC, methods), bootstrap_class())  # raises
+    assert parsed.static_resources.listeners and parsed.static_resources.clusters
 
 
 def test_every_referenced_cluster_exists(config: dict[str, Any]) -> None:
