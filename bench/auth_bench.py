@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 import bcrypt
 import grpc
-from benchstats import heading, percentile
+from benchkit import heading, percentile, stop_process, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -194,8 +193,6 @@ async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
 # ---------------------------------------------------------------- server subprocess
 
 
-class ServerExited(RuntimeError):
-    """The auth server process ended before it answered SERVING."""
 
 
 MODULE_LAUNCH = ("-m", "services.auth")
@@ -225,31 +222,11 @@ class AuthProcess:
     async def start(self) -> None:
         """Spawn the server and wait until its health check answers SERVING."""
         self._process = self._spawn()
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self._process.poll() is not None:
-                    raise ServerExited(f"auth server exited:\n{self.log_tail()}")
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"auth server not SERVING:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+        await wait_serving(self.address, self._process, SERVER_START_TIMEOUT_S,
+                           "auth server", self.log_tail)
 
     def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, 10)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the server process has used (Linux /proc), or None."""

@@ -40,7 +40,7 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchstats import percentile  # noqa: E402
+from benchkit import percentile  # noqa: E402
 
 from services.mesh.redis_server import LocalRedis, free_port  # noqa: E402
 from tests.chat.openai_server import OpenAIServer, Script  # noqa: E402

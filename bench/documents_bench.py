@@ -57,8 +57,7 @@ from types import FrameType
 
 import grpc
 import numpy as np
-from benchstats import heading, percentile
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from benchkit import heading, percentile, stop_process, wait_serving
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -315,8 +314,6 @@ def make_queries(rng: random.Random, count: int) -> list[str]:
 # ---------------------------------------------------------------- service processes
 
 
-class ServiceExited(RuntimeError):
-    """A service process ended before it answered SERVING."""
 
 
 def _inherited_env() -> dict[str, str]:
@@ -399,32 +396,12 @@ class ServiceProcess:
         if self._process is None:
             self.spawn()
         assert self._process is not None
-        deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self._process.poll() is not None:
-                    raise ServiceExited(f"{self.label} exited:\n{self.log_tail()}")
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        self.startup_s = time.perf_counter() - self._spawned
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.label} not SERVING:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+        await wait_serving(self.address, self._process, SERVICE_START_TIMEOUT_S, self.label,
+                           self.log_tail)
+        self.startup_s = time.perf_counter() - self._spawned
 
     def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(15)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, 15)
 
     def cpu_seconds(self) -> float:
         found = None if self.pid is None else _proc_cpu_seconds(self.pid)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
 import yaml  # noqa: E402
-from benchstats import percentile  # noqa: E402
+from benchkit import percentile  # noqa: E402
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
