@@ -52,7 +52,9 @@ class EmbeddingConfig:
             default_model=default,
             max_texts_per_call=env.int("LLMMESH_EMBEDDING_MAX_TEXTS", 256, minimum=1),
             max_chars_per_text=env.int("LLMMESH_EMBEDDING_MAX_CHARS", 8192, minimum=1),
-            batch_size=env.int("LLMMESH_EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=1024),
+            # Small model batches: on CPU, long texts embed as fast one by one as 32 at a
+            # time (measured), and onnxruntime's arena keeps the peak (327 vs 633 MiB).
+            batch_size=env.int("LLMMESH_EMBEDDING_BATCH_SIZE", 8, minimum=1, maximum=1024),
             local_runtime=_runtime(env),
             model_dir=Path(env.str("LLMMESH_EMBEDDING_MODEL_DIR", str(_default_model_dir()))),
             threads=env.int("LLMMESH_EMBEDDING_THREADS", os.cpu_count() or 1, minimum=1,
