@@ -602,15 +602,9 @@ async def embed_and_store_alone(embed_stub: embedding_pb2_grpc.EmbeddingServiceS
 
 
 def close_store(store: ChunkStore) -> None:
-    """Release a ChunkStore completely: its thread pool and its Chroma client.
-
-    ChunkStore.close() only shuts the pool down; the embedded PersistentClient (and its
-    SQLite and index files) stays open until the client is closed as well.
-    """
+    """Release a ChunkStore (its pool and its Chroma client) before another process
+    opens the same files."""
     store.close()
-    client = getattr(store, "_client", None)
-    if client is not None and hasattr(client, "close"):
-        client.close()
     gc.collect()
 
 

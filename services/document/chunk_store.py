@@ -69,11 +69,6 @@ class ChunkStore:
         await self._run(lambda: self._collection(user_id).delete(
             where={"document_id": document_id}))
 
-    async def count(self, user_id: str, document_id: str) -> int:
-        found = await self._run(lambda: self._collection(user_id).get(
-            where={"document_id": document_id}, include=[]))
-        return len(found["ids"])
-
     async def query(self, user_id: str, vector: Sequence[float], n_results: int, *,
                     collection: str = "", document_ids: Sequence[str] = ()) -> list[ChunkHit]:
         clauses: list[dict[str, Any]] = []
@@ -109,4 +104,6 @@ class ChunkStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     def close(self) -> None:
+        """Finish pending calls, then release the Chroma client (files, connections)."""
         self._pool.shutdown(wait=True)
+        self._client.close()

@@ -29,10 +29,6 @@ class Principal:
     def is_user(self) -> bool:
         return self.kind == "user"
 
-    @property
-    def is_service(self) -> bool:
-        return self.kind == "service"
-
 
 ANONYMOUS = Principal(kind="anonymous")
 
