@@ -1,13 +1,13 @@
-"""Configuration of the Python edge and the rate limit service, from the environment
+"""Configuration of the local Envoy edge and the rate limit service, from the environment
 (through `services.runtime.config.Env`, the one reader of os.environ).
 
 | variable | default | meaning |
 |---|---|---|
-| `LLMMESH_EDGE_PORT` | `8080` | where the Python edge listens (on `LLMMESH_LISTEN_HOST`) |
-| `LLMMESH_EDGE_DESCRIPTOR_SET` | the API package's | descriptor set to transcode with |
+| `LLMMESH_EDGE_PORT` | `8080` | where Envoy listens (on `LLMMESH_LISTEN_HOST`) |
+| `LLMMESH_EDGE_ADMIN_PORT` | `9901` | Envoy's admin interface (always on 127.0.0.1) |
 | `LLMMESH_EDGE_CORS_ORIGINS` | the spec's | comma-separated allowed origins (`*` = any) |
 | `LLMMESH_RATELIMIT_PORT` / `_METRICS_PORT` | `50060` / `9105` | the rate limit service |
-| `LLMMESH_RATELIMIT_ADDRESS` | `127.0.0.1:<port>` | where the edge reaches it |
+| `LLMMESH_RATELIMIT_ADDRESS` | `127.0.0.1:<port>` | where Envoy reaches it |
 | `LLMMESH_RATELIMIT_CONFIG` | `envoy/ratelimit.yaml` | limits per descriptor |
 | `LLMMESH_RATELIMIT_REDIS_FAILURE` | `error` | while Redis is down: `error`, `allow`, `deny` |
 | `LLMMESH_RATELIMIT_KEY_PREFIX` | `llmmesh:ratelimit:` | Redis key prefix of the counters |
@@ -26,6 +26,7 @@ from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RATELIMIT_RULES = REPO_ROOT / "envoy" / "ratelimit.yaml"
 EDGE_PORT = 8080
+EDGE_ADMIN_PORT = 9901
 RATELIMIT_PORT = 50060
 RATELIMIT_METRICS_PORT = 9105
 REDIS_FAILURE_MODES = ("error", "allow", "deny")
@@ -78,32 +79,40 @@ class RateLimitServiceConfig:
         )
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
-    """Settings of the Python edge (`python -m gateway`)."""
+    """Settings of the local Envoy edge (started by the launcher)."""
 
-    runtime: RuntimeConfig
-    descriptor_set: Path
-    upstream_addresses: dict[str, str]  # upstream name (e.g. "auth") -> host:port
-    ratelimit_address: str
+    listen_host: str
+    port: int
+    admin_port: int
+    upstreams: dict[str, tuple[str, int]]  # upstream name (e.g. "auth") -> (host, port)
+    ratelimit: tuple[str, int]
     cors_origins: tuple[str, ...] | None
+    data_dir: Path
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeConfig:
-        import llmmesh
-
         env = env or Env()
-        runtime = _runtime(env, "edge", "LLMMESH_EDGE_PORT", EDGE_PORT, None, 0)
+        runtime = RuntimeConfig.from_env("auth", env)
         host = runtime.listen_host
-        upstreams = {name: endpoint(env, name, host).address
-                     for name in ("auth", "chat", "document", "embedding")}
         origins = env.optional("LLMMESH_EDGE_CORS_ORIGINS")
         return cls(
-            runtime=runtime,
-            descriptor_set=Path(env.str("LLMMESH_EDGE_DESCRIPTOR_SET",
-                                        str(llmmesh.descriptor_set_path()))),
-            upstream_addresses=upstreams,
-            ratelimit_address=ratelimit_address(env, host),
+            listen_host=host,
+            port=env.int("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535),
+            admin_port=env.int("LLMMESH_EDGE_ADMIN_PORT", EDGE_ADMIN_PORT, minimum=0,
+                               maximum=65535),
+            upstreams={name: _host_port(endpoint(env, name, host).address)
+                       for name in ("auth", "chat", "document", "embedding")},
+            ratelimit=_host_port(ratelimit_address(env, host)),
             cors_origins=(tuple(o.strip() for o in origins.split(",") if o.strip())
                           if origins else None),
+            data_dir=runtime.data_dir,
         )

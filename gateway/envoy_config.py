@@ -1,53 +1,86 @@
-"""Envoy's bootstrap (`envoy/envoy.yaml`) and the rate limit rules (`envoy/ratelimit.yaml`),
-built from the edge spec and the descriptor set. `scripts/gen_edge.py` writes them.
+"""Envoy's bootstrap and the rate limit rules, built from the edge spec, the descriptor
+set and a deployment target (`gateway.deployment`). `scripts/gen_edge.py` writes the
+compose target to `envoy/`; the launcher and the tests write the local target at start.
 
-Request path through Envoy's listener on :8080:
+Request path through the edge listener:
 
-    cors -> header_mutation (strip client identity headers) -> jwt_authn
-         -> ratelimit -> grpc_json_transcoder -> router
+    cors -> header_mutation (strip client identity headers) -> lua (normalise the
+    Bearer scheme) -> jwt_authn -> ratelimit -> buffer -> grpc_json_transcoder -> router
 
-- REST routes match each HTTP binding (regex + method) so jwt_authn and ratelimit see
-  the method's class before transcoding; after transcoding the route cache is cleared
-  and the router matches the gRPC path `/pkg.Service/Method`, which gRPC clients use
-  directly. A catch-all route answers 404 (and still counts against the default limit).
-- jwt_authn rules: every non-public binding first (requires a token), then the public
-  ones (`allow_missing`: no token is fine, a bad one is 401), then `/` requires a token.
-- Rate-limit descriptors: [route_class, user] for methods needing a token (user from
-  jwt_authn's verified payload in dynamic metadata), [route_class, remote_address] for
-  public ones, and [user] for the per-user ceiling.
-- Local replies Envoy makes itself (401/403 jwt, 404, 429, 503, 504) to non-gRPC
-  requests carry a JSON google.rpc.Status, like transcoded upstream errors.
+- Routes: `/healthz`; CORS preflights (OPTIONS with Access-Control-Request-Method, no
+  token needed: the cors filter answers them); every REST binding (regex + method, most
+  specific first); every gRPC method (`/pkg.Service/Method`, gRPC content type); a
+  catch-all 404 that needs a token. The transcoder keeps the route that matched the
+  REST request (`match_incoming_request_route`), so REST and gRPC routes each carry
+  their own settings.
+- JWT: each route names its requirement (`requirement_map` + per-route
+  `requirement_name`): private routes need a token, public ones take none but refuse a
+  bad one. Tokens come only from `Authorization: Bearer` (any case of the scheme).
+- Rate-limit descriptors: [route_class, user] and [user] for routes needing a token (the
+  user from jwt_authn's verified payload), [route_class, remote_address] for public ones.
+- Bodies: the buffer filter answers 413 before any upstream call for REST bodies over
+  the limit; gRPC routes skip it (client-streaming uploads pass in frames).
+- Local replies Envoy makes itself to non-gRPC requests are JSON `google.rpc.Status`
+  bodies, like transcoded upstream errors; REST responses lose the grpc-* headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from gateway.deployment import Deployment
 from gateway.descriptors import MethodInfo
 from gateway.httprule import envoy_regex, parse_template
 from gateway.spec import REMOTE_ADDRESS_KEY, ROUTE_CLASS_KEY, USER_KEY, EdgeSpec
 
-ENVOY_DIR = "/etc/envoy"
 DESCRIPTOR_FILE = "descriptor_set.binpb"
-LISTENER_PORT = 8080
-ADMIN_PORT = 9901
-STATS_PORT = 9902
 JWT_PROVIDER = "llmmesh"
 JWT_PAYLOAD_KEY = "jwt_payload"
+JWT_REQUIRED = "token_required"
+JWT_OPTIONAL = "token_optional"
 JWKS_CLUSTER = "edge_jwks"
+JWKS_LISTENER = "jwks_internal"
 RATELIMIT_CLUSTER = "ratelimit"
-RATELIMIT_ADDRESS = ("ratelimit", 50060)
+ADMIN_CLUSTER = "envoy_admin"
+CORS_FILTER = "envoy.filters.http.cors"
+HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
+LUA_FILTER = "envoy.filters.http.lua"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
+RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
-# gRPC code of each local reply status Envoy makes itself.
-LOCAL_REPLY_CODES = {401: 16, 403: 7, 404: 5, 429: 8, 503: 14, 504: 4}
+# gRPC code of each local reply status Envoy makes itself (413: gRPC's own code for a
+# message over the size limit).
+LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 16, 404: 5, 413: 8, 429: 8, 500: 13, 502: 14,
+                     503: 14, 504: 4}
+# What a REST client must not see: gRPC framing headers the upstream sent.
+GRPC_RESPONSE_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding",
+                         "grpc-encoding", "grpc-status-details-bin")
+REALM = "llmmesh"
 
 _T = "type.googleapis.com/"
+
+# RFC 7235: the auth scheme is case-insensitive, jwt_authn's prefix match is not.
+_BEARER_LUA = """
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local value = headers:get("authorization")
+  if value == nil then return end
+  local scheme, token = string.match(value, "^%s*(%S+)%s+(.-)%s*$")
+  if scheme ~= nil and scheme ~= "Bearer" and string.lower(scheme) == "bearer" then
+    headers:replace("authorization", "Bearer " .. token)
+  end
+end
+"""
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
+
+
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": _T + type_name, **fields}
 
 
 def descriptor_actions(spec: EdgeSpec, class_name: str) -> list[dict[str, Any]]:
@@ -64,11 +97,23 @@ def descriptor_actions(spec: EdgeSpec, class_name: str) -> list[dict[str, Any]]:
     return [{"actions": [class_action, user_action]}, {"actions": [user_action]}]
 
 
-def _route_action(spec: EdgeSpec, method: MethodInfo) -> dict[str, Any]:
-    upstream = spec.upstream_for(method.full_name)
-    assert upstream is not None
-    timeout = spec.timeout_of(method.full_name, method.server_streaming)
-    return {"cluster": upstream.name, "timeout": _duration(timeout or 0)}
+def _jwt(requirement: str | None) -> dict[str, Any]:
+    config = _typed("envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig")
+    if requirement is None:
+        config["disabled"] = True
+    else:
+        config["requirement_name"] = requirement
+    return config
+
+
+def _disabled() -> dict[str, Any]:
+    return _typed("envoy.config.route.v3.FilterConfig", disabled=True)
+
+
+def _rest_only() -> dict[str, Any]:
+    return _typed("envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+                  mutations={"response_mutations": [{"remove": header}
+                                                    for header in GRPC_RESPONSE_HEADERS]})
 
 
 def _specificity(template: str) -> tuple[int, int, int]:
@@ -77,11 +122,38 @@ def _specificity(template: str) -> tuple[int, int, int]:
     return (0 if parsed.verb else 1, -literals, 1 if "**" in parsed.segments else 0)
 
 
+def check_bindings(methods: Sequence[MethodInfo]) -> None:
+    """Refuse HTTP rules Envoy's transcoder refuses at load (a config that never starts).
+
+    `response_body` must name a top-level field of type `google.api.HttpBody`.
+    """
+    for method in methods:
+        output = method.descriptor.output_type
+        for binding in method.bindings:
+            if not binding.response_body:
+                continue
+            field = output.fields_by_name.get(binding.response_body)
+            if field is None:
+                raise ValueError(f"{method.full_name}: response_body "
+                                 f"{binding.response_body!r} is not a field of "
+                                 f"{output.full_name}")
+            if field.message_type is None or \
+                    field.message_type.full_name != "google.api.HttpBody":
+                raise ValueError(f"{method.full_name}: response_body "
+                                 f"{binding.response_body!r} must be a google.api.HttpBody "
+                                 f"field (Envoy refuses any other type)")
+
+
 def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]]:
+    """The virtual host's routes, first match wins."""
     rest, grpc = [], []
     for method in methods:
-        action = _route_action(spec, method)
-        limits = descriptor_actions(spec, spec.class_of(method.full_name))
+        upstream = spec.upstream_for(method.full_name)
+        assert upstream is not None
+        timeout = spec.timeout_of(method.full_name, method.server_streaming)
+        action = {"cluster": upstream.name, "timeout": _duration(timeout or 0),
+                  "rate_limits": descriptor_actions(spec, spec.class_of(method.full_name))}
+        requirement = JWT_OPTIONAL if method.full_name in spec.public_methods else JWT_REQUIRED
         name = method.full_name.strip("/").replace("/", ".")
         for index, binding in enumerate(method.bindings):
             rest.append((_specificity(binding.template), {
@@ -89,205 +161,304 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
                 "match": {"safe_regex": {"regex": envoy_regex(binding.template)},
                           "headers": [{"name": ":method",
                                        "string_match": {"exact": binding.http_method}}]},
-                "route": {**action, "rate_limits": limits}}))
+                "route": action,
+                "typed_per_filter_config": {JWT_FILTER: _jwt(requirement),
+                                            HEADER_MUTATION_FILTER: _rest_only()}}))
         grpc.append({"name": name, "match": {"path": method.full_name, "grpc": {}},
-                     "route": {**action, "rate_limits": limits}})
+                     "route": action,
+                     "typed_per_filter_config": {JWT_FILTER: _jwt(requirement),
+                                                 BUFFER_FILTER: _disabled()}})
     rest.sort(key=lambda item: item[0])
     health = {"name": "healthz", "match": {"path": spec.health_path},
               "direct_response": {"status": 200, "body": {"inline_string": "OK\n"}},
-              "typed_per_filter_config": {TRANSCODER_FILTER: {
-                  "@type": _T + "envoy.config.route.v3.FilterConfig", "disabled": True}}}
+              "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                          TRANSCODER_FILTER: _disabled()}}
+    # REST routes match one method each, so a preflight would otherwise fall through to
+    # the catch-all (where the cors filter does not act). The cors filter answers
+    # preflights from allowed origins here; others go on and end as the transcoder's 404.
+    first_upstream = spec.upstreams[0].name
+    preflight = {"name": "cors_preflight",
+                 "match": {"prefix": "/", "headers": [
+                     {"name": ":method", "string_match": {"exact": "OPTIONS"}},
+                     {"name": "access-control-request-method", "present_match": True}]},
+                 "route": {"cluster": first_upstream, "timeout": "5s",
+                           "rate_limits": descriptor_actions(spec, spec.anonymous_class)},
+                 "typed_per_filter_config": {JWT_FILTER: _jwt(None)}}
     # Counted by the virtual host's default-class limits (a direct response has no
     # route action to carry its own).
     fallback = {"name": "not_found", "match": {"prefix": "/"},
-                "direct_response": {"status": 404}}
-    return [health, *(route for _, route in rest), *grpc, fallback]
-
-
-def jwt_rules(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]]:
-    required = {"provider_name": JWT_PROVIDER}
-    optional = {"requires_any": {"requirements": [required, {"allow_missing": {}}]}}
-    private, public = [], []
-    for method in methods:
-        rules = [{"match": {"safe_regex": {"regex": envoy_regex(binding.template)},
-                            "headers": [{"name": ":method",
-                                         "string_match": {"exact": binding.http_method}}]}}
-                 for binding in method.bindings]
-        rules.append({"match": {"path": method.full_name}})
-        is_public = method.full_name in spec.public_methods
-        for rule in rules:
-            rule["requires"] = optional if is_public else required
-        (public if is_public else private).extend(rules)
-    return [{"match": {"path": spec.health_path}}, *private, *public,
-            {"match": {"prefix": "/"}, "requires": required}]
+                "direct_response": {"status": 404, "body": {"inline_string": "Not Found"}},
+                "typed_per_filter_config": {JWT_FILTER: _jwt(JWT_REQUIRED)}}
+    return [health, preflight, *(route for _, route in rest), *grpc, fallback]
 
 
 def _local_reply_config() -> dict[str, Any]:
-    not_grpc = {"header_filter": {"header": {
-        "name": "content-type", "string_match": {"prefix": "application/grpc"},
-        "invert_match": True, "treat_missing_header_as_empty": True}}}
-    mappers = []
-    for status, code in LOCAL_REPLY_CODES.items():
-        mappers.append({
-            "filter": {"and_filter": {"filters": [
-                {"status_code_filter": {"comparison": {
-                    "op": "EQ", "value": {"default_value": status,
-                                          "runtime_key": f"edge.local_reply.{status}"}}}},
-                not_grpc]}},
-            "body_format_override": {
-                "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"},
-                "content_type": "application/json"}})
+    """JSON bodies for REST clients; one answer (401, UNAUTHENTICATED) for every token
+    refusal, as the services give, with a challenge naming our realm (jwt_authn's own
+    names the request URL). The first matching mapper wins."""
+    # On transcoded routes the request already says application/grpc when Envoy answers
+    # (an upstream down, a timeout): the transcoder's x-envoy-original-path tells them.
+    not_grpc = {"or_filter": {"filters": [
+        {"header_filter": {"header": {
+            "name": "content-type", "string_match": {"prefix": "application/grpc"},
+            "invert_match": True, "treat_missing_header_as_empty": True}}},
+        {"header_filter": {"header": {"name": "x-envoy-original-path",
+                                      "present_match": True}}}]}}
+    with_token = {"header_filter": {"header": {"name": "authorization",
+                                               "present_match": True}}}
+    refused = {"or_filter": {"filters": [_status_is(401), _status_is(403)]}}
+    invalid = _challenge(f'Bearer realm="{REALM}", error="invalid_token"')
+    missing = _challenge(f'Bearer realm="{REALM}"')
+    mappers: list[dict[str, Any]] = [
+        {"filter": _all(refused, not_grpc, with_token), "status_code": 401,
+         "headers_to_add": [invalid], "body_format_override": _status_json(16)},
+        {"filter": _all(refused, not_grpc), "status_code": 401,
+         "headers_to_add": [missing], "body_format_override": _status_json(16)},
+    ]
+    mappers += [{"filter": _all(_status_is(status), not_grpc),
+                 "body_format_override": _status_json(code)}
+                for status, code in LOCAL_REPLY_CODES.items() if status not in (401, 403)]
+    # gRPC callers (Envoy makes the grpc-status from the HTTP status).
+    mappers += [{"filter": _all(refused, with_token), "status_code": 401,
+                 "headers_to_add": [invalid]},
+                {"filter": refused, "status_code": 401, "headers_to_add": [missing]}]
     return {"mappers": mappers}
+
+
+def _all(*filters: dict[str, Any]) -> dict[str, Any]:
+    return {"and_filter": {"filters": list(filters)}}
+
+
+def _status_json(code: int) -> dict[str, Any]:
+    return {"json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json"}
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {
+        "op": "EQ", "value": {"default_value": status,
+                              "runtime_key": f"edge.local_reply.{status}"}}}}
+
+
+def _challenge(value: str) -> dict[str, Any]:
+    return {"header": {"key": "www-authenticate", "value": value},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def _cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
     cluster: dict[str, Any] = {
-        "name": name, "type": "STRICT_DNS", "connect_timeout": "2s",
-        "lb_policy": "ROUND_ROBIN",
+        "name": name, "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "2s", "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": host,
                                                          "port_value": port}}}}]}]}}
     if http2:
         cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}}
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}})}
     return cluster
 
 
-def _filters(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]]:
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _jwt_filter(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
+    required = {"provider_name": JWT_PROVIDER}
+    return _typed(
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers={JWT_PROVIDER: {
+            "issuer": spec.jwt_issuer, "audiences": [spec.jwt_audience],
+            "remote_jwks": {
+                # An internal listener (no port) transcodes this to auth's GetJwks,
+                # past no rate limit: a limiter outage must not lock every user out.
+                "http_uri": {"uri": f"http://jwks.internal{_jwks_path(spec)}",
+                             "cluster": JWKS_CLUSTER, "timeout": "5s"},
+                "cache_duration": _duration(spec.jwks_cache_seconds),
+                "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+                "retry_policy": {"num_retries": 3}},
+            # Only the Authorization header (never ?access_token=).
+            "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+            "forward": True, "payload_in_metadata": JWT_PAYLOAD_KEY,
+            "claim_to_headers": [{"header_name": spec.user_id_header, "claim_name": "sub"}],
+            "clock_skew_seconds": spec.jwt_clock_skew_seconds,
+            "require_expiration": True,
+            "jwt_cache_config": {"jwt_cache_size": 1000}}},
+        requirement_map={
+            JWT_REQUIRED: required,
+            JWT_OPTIONAL: {"requires_any": {"requirements": [required,
+                                                             {"allow_missing": {}}]}}},
+        bypass_cors_preflight=True)
+
+
+def _jwks_path(spec: EdgeSpec) -> str:
+    return "/.well-known/jwks.json"
+
+
+def _transcoder(spec: EdgeSpec, deployment: Deployment,
+                services: Sequence[str]) -> dict[str, Any]:
+    return {"name": TRANSCODER_FILTER, "typed_config": _typed(
+        "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        proto_descriptor=f"{deployment.config_dir}/{DESCRIPTOR_FILE}",
+        services=list(services),
+        print_options={"add_whitespace": False, "always_print_primitive_fields": False,
+                       "always_print_enums_as_ints": False,
+                       "preserve_proto_field_names": False,
+                       "stream_sse_style_delimited": True},
+        convert_grpc_status=True,
+        match_incoming_request_route=True,
+        url_unescape_spec="ALL_CHARACTERS_EXCEPT_RESERVED",
+        max_request_body_size=spec.max_request_body_bytes,
+        request_validation_options={"reject_unknown_method": True,
+                                    "reject_unknown_query_parameters": True})}
+
+
+_ROUTER = {"name": "envoy.filters.http.router",
+           "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router")}
+
+
+def _jwks_listener(spec: EdgeSpec, deployment: Deployment,
+                   methods: Sequence[MethodInfo]) -> dict[str, Any]:
+    """Envoy's own way to auth's JWKS: GET the JWKS path, transcoded, nothing else."""
+    jwks = next((m for m in methods for b in m.bindings if b.template == _jwks_path(spec)),
+                None)
+    if jwks is None:
+        raise ValueError(f"no method is bound to GET {_jwks_path(spec)}")
+    upstream = spec.upstream_for(jwks.full_name)
+    assert upstream is not None
+    service = jwks.full_name.strip("/").split("/")[0]
+    routes_ = {"name": "jwks", "virtual_hosts": [{
+        "name": "jwks", "domains": ["*"],
+        "routes": [{"match": {"path": _jwks_path(spec),
+                              "headers": [{"name": ":method",
+                                           "string_match": {"exact": "GET"}}]},
+                    "route": {"cluster": upstream.name, "timeout": "5s"}},
+                   {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]}
+    return {"name": JWKS_LISTENER, "internal_listener": {},
+            "filter_chains": [{"filters": [_http_manager(
+                "jwks", routes_, [_transcoder(spec, deployment, [service]), _ROUTER])]}]}
+
+
+def _filters(spec: EdgeSpec, deployment: Deployment) -> list[dict[str, Any]]:
     return [
-        {"name": "envoy.filters.http.cors", "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.cors.v3.Cors"}},
-        {"name": "envoy.filters.http.header_mutation", "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": [{"remove": header}
-                                                for header in spec.identity_headers]}}},
-        {"name": JWT_FILTER, "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": {JWT_PROVIDER: {
-                "issuer": spec.jwt_issuer, "audiences": [spec.jwt_audience],
-                "remote_jwks": {
-                    # Envoy's own listener transcodes this to auth's GetJwks.
-                    "http_uri": {"uri": f"http://127.0.0.1:{LISTENER_PORT}"
-                                        "/.well-known/jwks.json",
-                                 "cluster": JWKS_CLUSTER, "timeout": "5s"},
-                    "cache_duration": _duration(spec.jwks_cache_seconds),
-                    "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
-                    "retry_policy": {"num_retries": 3}},
-                "forward": True, "payload_in_metadata": JWT_PAYLOAD_KEY,
-                "claim_to_headers": [{"header_name": spec.user_id_header,
-                                      "claim_name": "sub"}],
-                "clock_skew_seconds": spec.jwt_clock_skew_seconds,
-                "require_expiration": True,
-                "jwt_cache_config": {"jwt_cache_size": 1000}}},
-            "rules": jwt_rules(spec, methods)}},
-        {"name": "envoy.filters.http.ratelimit", "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-            "domain": spec.domain,
-            "timeout": _duration(spec.ratelimit_timeout_seconds),
-            "failure_mode_deny": spec.ratelimit_failure_mode_deny,
-            "status_on_error": {"code": "ServiceUnavailable"},
-            "rate_limited_as_resource_exhausted": True,
+        {"name": CORS_FILTER, "typed_config": _typed(
+            "envoy.extensions.filters.http.cors.v3.Cors")},
+        {"name": HEADER_MUTATION_FILTER, "typed_config": _typed(
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            mutations={"request_mutations": [{"remove": header}
+                                             for header in spec.identity_headers]})},
+        {"name": LUA_FILTER, "typed_config": _typed(
+            "envoy.extensions.filters.http.lua.v3.Lua",
+            default_source_code={"inline_string": _BEARER_LUA.strip() + "\n"})},
+        {"name": JWT_FILTER, "typed_config": _jwt_filter(spec, deployment)},
+        {"name": RATELIMIT_FILTER, "typed_config": _typed(
+            "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            domain=spec.domain,
+            timeout=_duration(spec.ratelimit_timeout_seconds),
+            failure_mode_deny=spec.ratelimit_failure_mode_deny,
+            status_on_error={"code": "ServiceUnavailable"},
+            rate_limited_as_resource_exhausted=True,
             # The service sends x-ratelimit-* itself (response_headers_to_add).
-            "enable_x_ratelimit_headers": "OFF",
-            "rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
-                "envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}}}}},
-        {"name": TRANSCODER_FILTER, "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.grpc_json_transcoder.v3."
-                          "GrpcJsonTranscoder",
-            "proto_descriptor": f"{ENVOY_DIR}/{DESCRIPTOR_FILE}",
-            "services": list(spec.services),
-            "print_options": {"add_whitespace": False, "always_print_primitive_fields": False,
-                              "always_print_enums_as_ints": False,
-                              "preserve_proto_field_names": False,
-                              "stream_sse_style_delimited": True},
-            "convert_grpc_status": True,
-            "url_unescape_spec": "ALL_CHARACTERS_EXCEPT_RESERVED",
-            "max_request_body_size": spec.max_request_body_bytes,
-            "request_validation_options": {"reject_unknown_method": True,
-                                           "reject_unknown_query_parameters": True}}},
-        {"name": "envoy.filters.http.router", "typed_config": {
-            "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}},
+            enable_x_ratelimit_headers="OFF",
+            rate_limit_service={"transport_api_version": "V3", "grpc_service": {
+                "envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}}})},
+        {"name": BUFFER_FILTER, "typed_config": _typed(
+            "envoy.extensions.filters.http.buffer.v3.Buffer",
+            max_request_bytes=spec.max_request_body_bytes)},
+        _transcoder(spec, deployment, spec.services),
+        _ROUTER,
     ]
 
 
-def _cors_policy(spec: EdgeSpec) -> dict[str, Any]:
+def _cors_policy(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
     cors = spec.cors
+    allowed = deployment.cors_origins if deployment.cors_origins is not None \
+        else cors.allow_origins
     origins = [{"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
-               for origin in cors.allow_origins]
-    return {"@type": _T + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
-            "allow_origin_string_match": origins,
-            "allow_methods": ", ".join(cors.allow_methods),
-            "allow_headers": ", ".join(cors.allow_headers),
-            "expose_headers": ", ".join(cors.expose_headers),
-            "max_age": str(cors.max_age_seconds),
-            "allow_credentials": cors.allow_credentials}
+               for origin in allowed]
+    return _typed("envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                  allow_origin_string_match=origins,
+                  allow_methods=", ".join(cors.allow_methods),
+                  allow_headers=", ".join(cors.allow_headers),
+                  expose_headers=", ".join(cors.expose_headers),
+                  max_age=str(cors.max_age_seconds),
+                  allow_credentials=cors.allow_credentials)
 
 
-def _stats_listener() -> dict[str, Any]:
+def _http_manager(stat_prefix: str, route_config: dict[str, Any],
+                  filters: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"name": "envoy.filters.network.http_connection_manager",
+            "typed_config": _typed(
+                "envoy.extensions.filters.network.http_connection_manager.v3."
+                "HttpConnectionManager",
+                stat_prefix=stat_prefix, **extra, route_config=route_config,
+                http_filters=filters)}
+
+
+def _listener(name: str, address: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name,
+            "address": {"socket_address": {"address": address, "port_value": port}},
+            "filter_chains": [{"filters": [manager]}]}
+
+
+def _stats_listener(deployment: Deployment, port: int) -> dict[str, Any]:
     """Prometheus scrapes /stats/prometheus here; the admin API itself stays on loopback."""
-    return {"name": "stats", "address": {"socket_address": {"address": "0.0.0.0",  # noqa: S104
-                                                            "port_value": STATS_PORT}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": _T + "envoy.extensions.filters.network.http_connection_manager."
-                                  "v3.HttpConnectionManager",
-                    "stat_prefix": "stats",
-                    "route_config": {"name": "stats", "virtual_hosts": [{
-                        "name": "stats", "domains": ["*"],
-                        "routes": [{"match": {"path": "/stats/prometheus"},
-                                    "route": {"cluster": "envoy_admin"}}]}]},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}
+    router = [{"name": "envoy.filters.http.router",
+               "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router")}]
+    routes_ = {"name": "stats", "virtual_hosts": [{
+        "name": "stats", "domains": ["*"],
+        "routes": [{"match": {"path": "/stats/prometheus"},
+                    "route": {"cluster": ADMIN_CLUSTER}}]}]}
+    return _listener("stats", deployment.listen_address, port,
+                     _http_manager("stats", routes_, router))
 
 
 def bootstrap(spec: EdgeSpec, methods: Sequence[MethodInfo],
-              addresses: Mapping[str, tuple[str, int]] | None = None) -> dict[str, Any]:
-    """Envoy's bootstrap for `spec`; `methods` are the routed ones (with their bindings).
-
-    Upstream clusters reach `<upstream name>:<port>` (the docker-compose services) unless
-    `addresses` says otherwise.
-    """
-    addresses = addresses or {}
-    manager = {
-        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3."
-                      "HttpConnectionManager",
-        "stat_prefix": "edge", "codec_type": "AUTO",
-        # The peer address is the client: rate-limit keys never come from X-Forwarded-For.
-        "use_remote_address": True, "xff_num_trusted_hops": 0,
-        "always_set_request_id_in_response": True,
-        "stream_idle_timeout": "300s",
-        "local_reply_config": _local_reply_config(),
-        "route_config": {"name": "edge", "virtual_hosts": [{
+              deployment: Deployment) -> dict[str, Any]:
+    """Envoy's bootstrap for `spec` in `deployment`; `methods` are the routed ones."""
+    check_bindings(methods)
+    manager = _http_manager(
+        "edge",
+        {"name": "edge", "virtual_hosts": [{
             "name": "llmmesh", "domains": ["*"],
-            "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(spec)},
+            "typed_per_filter_config": {CORS_FILTER: _cors_policy(spec, deployment)},
             "rate_limits": descriptor_actions(spec, spec.default_class),
             "routes": routes(spec, methods)}]},
-        "http_filters": _filters(spec, methods)}
-    clusters = [_cluster(u.name, *addresses.get(u.name, (u.name, u.port)), http2=True)
+        _filters(spec, deployment),
+        codec_type="AUTO",
+        # The peer address is the client: rate-limit keys never come from X-Forwarded-For.
+        use_remote_address=True, xff_num_trusted_hops=0,
+        always_set_request_id_in_response=True,
+        stream_idle_timeout="300s",
+        local_reply_config=_local_reply_config())
+    clusters = [_cluster(u.name, *deployment.upstreams[u.name], http2=True)
                 for u in spec.upstreams]
-    clusters.append(_cluster(RATELIMIT_CLUSTER, *RATELIMIT_ADDRESS, http2=True))
-    clusters.append(_cluster(JWKS_CLUSTER, "127.0.0.1", LISTENER_PORT, http2=False))
-    clusters.append(_cluster("envoy_admin", "127.0.0.1", ADMIN_PORT, http2=False))
-    for cluster in clusters:
-        if cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
-                "address"]["socket_address"]["address"] == "127.0.0.1":
-            cluster["type"] = "STATIC"
+    clusters.append(_cluster(RATELIMIT_CLUSTER, *deployment.ratelimit, http2=True))
+    clusters.append({"name": JWKS_CLUSTER, "connect_timeout": "2s",
+                     "load_assignment": {"cluster_name": JWKS_CLUSTER, "endpoints": [{
+                         "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {
+                             "server_listener_name": JWKS_LISTENER}}}}]}]}})
+    listeners = [_listener("edge", deployment.listen_address, deployment.listener_port,
+                           manager), _jwks_listener(spec, deployment, methods)]
+    if deployment.stats_port is not None:
+        clusters.append(_cluster(ADMIN_CLUSTER, "127.0.0.1", deployment.admin_port,
+                                 http2=False))
+        listeners.append(_stats_listener(deployment, deployment.stats_port))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": ADMIN_PORT}}},
-        "static_resources": {
-            "listeners": [
-                {"name": "edge",
-                 "address": {"socket_address": {"address": "0.0.0.0",  # noqa: S104
-                                                "port_value": LISTENER_PORT}},
-                 "filter_chains": [{"filters": [{
-                     "name": "envoy.filters.network.http_connection_manager",
-                     "typed_config": manager}]}]},
-                _stats_listener()],
-            "clusters": clusters}}
+                                                 "port_value": deployment.admin_port}}},
+        "bootstrap_extensions": [{
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": _typed(
+                "envoy.extensions.bootstrap.internal_listener.v3.InternalListener")}],
+        "static_resources": {"listeners": listeners, "clusters": clusters}}
 
 
 def ratelimit_rules(spec: EdgeSpec) -> dict[str, Any]:

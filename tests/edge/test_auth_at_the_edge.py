@@ -7,12 +7,14 @@ import time
 import uuid
 
 import aiohttp
+import grpc
 import jwt
 import pytest
+from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth.keys import SigningKey
 from tests.edge.conftest import EdgeUser
-from tests.edge.harness import TEST_SPEC
+from tests.edge.harness import TEST_SPEC, TIGHT_LIMIT
 
 
 def mint(key: SigningKey, kid: str | None = None, **claims: object) -> str:
@@ -59,7 +61,7 @@ async def test_a_valid_token_reaches_the_service(http: aiohttp.ClientSession, ed
 async def test_missing_token(http: aiohttp.ClientSession, edge_url: str) -> None:
     status, body, challenge = await refusal(http, f"{edge_url}/v1/users/me", None)
     assert (status, body) == (401, {"code": 16, "message": "Jwt is missing"})
-    assert challenge.startswith('Bearer realm="') and "invalid_token" not in challenge
+    assert challenge == 'Bearer realm="llmmesh"', "never the request URL"
 
 
 async def test_forged_token_with_the_real_kid(http: aiohttp.ClientSession, edge_url: str,
@@ -71,18 +73,76 @@ async def test_forged_token_with_the_real_kid(http: aiohttp.ClientSession, edge_
     assert 'error="invalid_token"' in challenge
 
 
-async def test_expired_token(http: aiohttp.ClientSession, edge_url: str,
-                             signing_key_pem: bytes | None) -> None:
-    if signing_key_pem is None:
-        pytest.skip("set LLMMESH_EDGE_TEST_SIGNING_KEY_FILE to auth's signing key")
+async def test_expired_token_and_wrong_audience_are_401_as_at_the_services(
+        http: aiohttp.ClientSession, edge_url: str, signing_key_pem: bytes,
+        auth_stub: auth_pb2_grpc.AuthServiceStub) -> None:
     key = SigningKey.from_pem(signing_key_pem)
     now = int(time.time())
     expired = mint(key, iat=now - 3600, nbf=now - 3600, exp=now - 600)
-    status, body, _ = await refusal(http, f"{edge_url}/v1/users/me", expired)
+    status, body, challenge = await refusal(http, f"{edge_url}/v1/users/me", expired)
     assert (status, body["message"]) == (401, "Jwt is expired")
+    assert challenge == 'Bearer realm="llmmesh", error="invalid_token"'
     other_audience = mint(key, aud="somebody-else")
-    status, body, _ = await refusal(http, f"{edge_url}/v1/users/me", other_audience)
-    assert (status, body) == (403, {"code": 7, "message": "Audiences in Jwt are not allowed"})
+    status, body, challenge = await refusal(http, f"{edge_url}/v1/users/me", other_audience)
+    assert (status, body) == (401, {"code": 16, "message": "Audiences in Jwt are not allowed"})
+    assert challenge == 'Bearer realm="llmmesh", error="invalid_token"'
+    with pytest.raises(grpc.aio.AioRpcError) as direct:
+        await auth_stub.GetUser(auth_pb2.GetUserRequest(name="users/me"), metadata=(
+            ("authorization", f"Bearer {other_audience}"),))
+    assert direct.value.code() is grpc.StatusCode.UNAUTHENTICATED, "the services agree"
+    async with grpc.aio.insecure_channel(edge_url.removeprefix("http://")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as through_envoy:
+            await auth_pb2_grpc.AuthServiceStub(channel).GetUser(
+                auth_pb2.GetUserRequest(name="users/me"),
+                metadata=(("authorization", f"Bearer {other_audience}"),))
+    assert through_envoy.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+async def test_the_bearer_scheme_is_case_insensitive(http: aiohttp.ClientSession,
+                                                     edge_url: str, shared_user: EdgeUser,
+                                                     scheme: str) -> None:
+    header = {"authorization": f"{scheme} {shared_user.access_token}"}
+    async with http.get(f"{edge_url}/v1/users/me", headers=header) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.json())["username"] == shared_user.username
+
+
+@pytest.mark.parametrize("scheme", ["Basic", "Token", ""])
+async def test_other_schemes_carry_no_token(http: aiohttp.ClientSession, edge_url: str,
+                                            shared_user: EdgeUser, scheme: str) -> None:
+    header = {"authorization": f"{scheme} {shared_user.access_token}".strip()}
+    async with http.get(f"{edge_url}/v1/users/me", headers=header) as response:
+        assert response.status == 401
+        assert (await response.json())["message"] == "Jwt is missing"
+
+
+async def test_a_token_in_the_url_is_ignored_and_never_echoed(
+        http: aiohttp.ClientSession, edge_url: str, user: EdgeUser) -> None:
+    for name in ("access_token", "token"):
+        url = f"{edge_url}/v1/secret?{name}={user.access_token}"
+        async with http.get(url) as response:
+            assert response.status == 401
+            assert (await response.json())["message"] == "Jwt is missing"
+            challenge = response.headers["www-authenticate"]
+            assert challenge == 'Bearer realm="llmmesh"'
+            assert user.access_token not in str(response.headers)
+    async with http.get(f"{edge_url}/v1/secret", headers=user.bearer) as response:
+        assert response.status == 200
+        remaining = int(response.headers["x-ratelimit-remaining"])
+    assert remaining == TIGHT_LIMIT - 1, "refused URL tokens were not charged to the user"
+
+
+async def test_requirements_follow_the_route_that_matched(http: aiohttp.ClientSession,
+                                                          edge_url: str,
+                                                          shared_user: EdgeUser) -> None:
+    async with http.get(f"{edge_url}/v1/private/index") as response:
+        assert response.status == 200, "a public literal under a private wildcard"
+        assert (await response.json())["method"] == "GetPrivateIndex"
+    async with http.get(f"{edge_url}/v1/private/other") as response:
+        assert response.status == 401
+    async with http.get(f"{edge_url}/v1/private/other", headers=shared_user.bearer) as r:
+        assert r.status == 200 and (await r.json())["method"] == "GetPrivate"
 
 
 @pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", ""])

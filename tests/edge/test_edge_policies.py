@@ -1,14 +1,19 @@
 """Rate limiting (429 with headers, keyed by the verified user or the peer address,
-never by a header), body size limits, CORS and request ids at the edge."""
+never by a header), body size limits (413 for REST, unbuffered gRPC streams), CORS
+preflights on every route, and request ids at the edge."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
 import aiohttp
+import grpc
+import pytest
 
-from tests.edge.conftest import EdgeUser, register
+from gateway.descriptors import build_pool, load_descriptor_set, message_class
+from tests.edge.conftest import EdgeUser, Upstream, register
 from tests.edge.harness import TEST_SPEC, TIGHT_LIMIT
 
 
@@ -69,35 +74,68 @@ async def test_concurrent_requests_do_not_slip_past_the_limit(edge_url: str) -> 
     assert statuses.count(200) <= 2 * TIGHT_LIMIT and statuses.count(429) >= 30 - 2 * TIGHT_LIMIT
 
 
-async def test_bodies_over_the_limit_are_413(http: aiohttp.ClientSession, edge_url: str) -> None:
+async def test_bodies_over_the_limit_are_413_before_any_upstream_call(
+        http: aiohttp.ClientSession, edge_url: str, test_upstream: Upstream) -> None:
     size = TEST_SPEC.max_request_body_bytes
     big = b'{"message":"' + b"x" * (size - 14) + b'"}'
     assert len(big) == size
     async with http.post(f"{edge_url}/v1/fail", data=io.BytesIO(big)) as response:
         assert response.status == 200, "a body at the limit passes"
-    async with http.post(f"{edge_url}/v1/fail", data=io.BytesIO(big + b" ")) as response:
-        assert response.status == 413
-        assert response.content_type == "text/plain"
+    calls = len(test_upstream.servicer.calls)
+    for oversize in (big + b" ", b'{"message":"' + b"x" * (17 * 1024 * 1024) + b'"}'):
+        async with http.post(f"{edge_url}/v1/fail", data=io.BytesIO(oversize)) as response:
+            assert response.status == 413, "never 429: clients retry those"
+            assert await response.json() == {"code": 8, "message": "Payload Too Large"}
+    assert len(test_upstream.servicer.calls) == calls, "the upstream saw nothing"
 
 
-async def test_cors_preflight_and_simple_requests(http: aiohttp.ClientSession,
-                                                  edge_url: str) -> None:
+async def test_grpc_client_streams_larger_than_the_rest_limit_pass(
+        edge_url: str, edge_descriptor_set: Path, test_upstream: Upstream) -> None:
+    """gRPC uploads are not buffered: 24 MiB in 1 MiB frames reach the upstream."""
+    pool = build_pool(load_descriptor_set(edge_descriptor_set))
+    chunk = message_class(pool, "edgetest.v1.UploadChunk")
+    summary = message_class(pool, "edgetest.v1.UploadSummary")
+    frames = 24
+    async with grpc.aio.insecure_channel(edge_url.removeprefix("http://")) as channel:
+        upload = channel.stream_unary("/edgetest.v1.EdgeTestService/Upload",
+                                      request_serializer=lambda m: m.SerializeToString(),
+                                      response_deserializer=summary.FromString)
+        answer = await upload(iter([chunk(data=b"z" * (1024 * 1024))] * frames), timeout=60)
+    assert (answer.chunks, answer.bytes) == (frames, frames * 1024 * 1024)
+    assert frames * 1024 * 1024 > TEST_SPEC.max_request_body_bytes
+
+
+ROUTES_TO_PREFLIGHT = [("POST", "/v1/auth:login"), ("POST", "/v1/users"),
+                       ("GET", "/v1/users/me"), ("POST", "/v1/conversations:streamChat"),
+                       ("DELETE", "/v1/documents/abc"), ("GET", "/.well-known/jwks.json")]
+
+
+@pytest.mark.parametrize("method, path", ROUTES_TO_PREFLIGHT)
+async def test_cors_preflight_is_answered_on_every_route(
+        http: aiohttp.ClientSession, edge_url: str, method: str, path: str) -> None:
     origin = TEST_SPEC.cors.allow_origins[0]
-    preflight = {"origin": origin, "access-control-request-method": "POST",
+    preflight = {"origin": origin, "access-control-request-method": method,
                  "access-control-request-headers": "authorization, content-type"}
-    async with http.options(f"{edge_url}/v1/users/me", headers=preflight) as response:
-        assert response.status == 200
+    async with http.options(edge_url + path, headers=preflight) as response:
+        assert response.status == 200, await response.text()
         assert response.headers["access-control-allow-origin"] == origin
-        assert "POST" in response.headers["access-control-allow-methods"]
+        assert method in response.headers["access-control-allow-methods"]
         assert "authorization" in response.headers["access-control-allow-headers"]
+        assert "www-authenticate" not in response.headers
+
+
+async def test_cors_simple_requests_and_foreign_origins(http: aiohttp.ClientSession,
+                                                        edge_url: str) -> None:
+    origin = TEST_SPEC.cors.allow_origins[0]
     async with http.get(f"{edge_url}/v1/users/me", headers={"origin": origin}) as response:
         assert response.status == 401, "CORS answers preflights, not the JWT check"
         assert response.headers["access-control-allow-origin"] == origin
         assert "x-request-id" in response.headers["access-control-expose-headers"]
-    stranger = {**preflight, "origin": "https://evil.example"}
-    async with http.options(f"{edge_url}/v1/users/me", headers=stranger) as response:
+    stranger = {"origin": "https://evil.example", "access-control-request-method": "POST"}
+    async with http.options(f"{edge_url}/v1/auth:login", headers=stranger) as response:
         assert "access-control-allow-origin" not in response.headers
-        assert response.status == 401, "a foreign preflight goes on like any request"
+        assert response.status == 404, "a foreign preflight is an unknown OPTIONS request"
+        assert (await response.json())["code"] == 5
 
 
 async def test_every_response_has_a_request_id(http: aiohttp.ClientSession,

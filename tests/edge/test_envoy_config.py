@@ -1,11 +1,11 @@
-"""envoy/envoy.yaml is valid Envoy config and says what the spec says.
+"""The generated bootstraps are valid Envoy config and say what the spec says.
 
-Validity: the YAML is parsed into Envoy's `Bootstrap` with the xds-protos messages (every
-`typed_config` module imported), which rejects unknown fields, wrong types, bad enums
-and unknown `@type`s. Meaning: clusters exist, every public RPC is routed and no
-internal one, jwt_authn's rules agree with the Python edge's route table, the
-transcoder's descriptor set is current, and the settings protoc-gen-validate would
-check (and that matter to us) hold.
+Validity, twice: every target's bootstrap passes the real `envoy --mode validate`, and
+parses into Envoy's `Bootstrap` with the xds-protos messages (every `typed_config` module
+imported), which names the misspelled field. Meaning: clusters exist, every public RPC
+is routed and no internal one, each route carries its method's JWT requirement and
+rate-limit class, REST bodies are buffered and gRPC streams are not, and the generator
+refuses what Envoy would refuse at load.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import llmmesh
 import pytest
 import yaml
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, json_format
 
+from gateway import deployment
 from gateway.descriptors import (
     build_pool,
     edge_descriptor_bytes,
@@ -30,16 +32,22 @@ from gateway.descriptors import (
     load_descriptor_set,
     methods_of,
 )
+from gateway.edge_files import render, write
 from gateway.envoy_config import (
+    BUFFER_FILTER,
     DESCRIPTOR_FILE,
-    ENVOY_DIR,
     JWKS_CLUSTER,
+    JWT_FILTER,
+    JWT_OPTIONAL,
+    JWT_REQUIRED,
     RATELIMIT_CLUSTER,
     bootstrap,
+    check_bindings,
 )
-from gateway.routes import RouteTable
+from gateway.envoy_process import validate
+from gateway.httprule import parse_template
 from gateway.spec import LLMMESH_SPEC
-from tests.edge.harness import TEST_SPEC, merge
+from tests.edge.harness import TEST_SPEC, extra_descriptors, merge
 from tests.edge.upstream import compile_descriptor_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +103,64 @@ def test_envoy_yaml_parses_into_bootstrap(bootstrap_class: Any, config: dict[str
     assert parsed.static_resources.listeners[0].address.socket_address.port_value == 8080
 
 
+TARGETS = {
+    # compose's own file, read from the checkout instead of the /etc/envoy mount
+    "compose": lambda tmp: (LLMMESH_SPEC, replace(deployment.compose(LLMMESH_SPEC),
+                                                  config_dir=str(tmp)), b""),
+    "local": lambda tmp: (LLMMESH_SPEC, deployment.local(LLMMESH_SPEC, str(tmp)), b""),
+    "test-suite": lambda tmp: (TEST_SPEC, deployment.local(TEST_SPEC, str(tmp),
+                                                           cors_origins=("*",)),
+                               extra_descriptors()),
+}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_generated_bootstrap_passes_envoys_own_validation(
+        target: str, tmp_path: Path, bootstrap_class: Any) -> None:
+    spec, where, extra = TARGETS[target](tmp_path)
+    files = render(spec, llmmesh.descriptor_set_path(), where, extra_descriptors=extra)
+    write(files, tmp_path)
+    if target == "compose":
+        committed = ENVOY_YAML.read_text().replace(deployment.COMPOSE_CONFIG_DIR,
+                                                   str(tmp_path))
+        assert files["envoy.yaml"].decode() == committed, "envoy/ is stale"
+    result = validate(tmp_path / "envoy.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+    json_format.ParseDict(yaml.safe_load(files["envoy.yaml"]), bootstrap_class())
+
+
+def test_envoy_refuses_what_the_validation_would_miss(tmp_path: Path) -> None:
+    """The real binary is the last word: a cluster name that does not exist."""
+    files = render(LLMMESH_SPEC, llmmesh.descriptor_set_path(),
+                   deployment.local(LLMMESH_SPEC, str(tmp_path)))
+    broken = files["envoy.yaml"].replace(b"cluster: chat\n", b"cluster: chatt\n", 1)
+    assert broken != files["envoy.yaml"]
+    write({**files, "envoy.yaml": broken}, tmp_path)
+    result = validate(tmp_path / "envoy.yaml")
+    assert result.returncode != 0 and "chatt" in result.stdout + result.stderr
+
+
+def test_response_body_must_name_an_http_body_field(tmp_path: Path) -> None:
+    files = compile_descriptor_set(tmp_path / "edgetest.binpb")
+    broken = descriptor_pb2.FileDescriptorSet()
+    broken.CopyFrom(files)
+    from google.api import annotations_pb2
+
+    edgetest = next(f for f in broken.file if f.name == "edgetest/v1/edgetest.proto")
+    method = next(m for m in edgetest.service[0].method if m.name == "GetInner")
+    method.output_type = ".edgetest.v1.Echo"
+    method.options.Extensions[annotations_pb2.http].response_body = "request"
+    methods = methods_of(build_pool(broken), ["edgetest.v1.EdgeTestService"])
+    with pytest.raises(ValueError, match=r"must be a google\.api\.HttpBody field"):
+        check_bindings(methods)
+    method.options.Extensions[annotations_pb2.http].response_body = "nothing"
+    methods = methods_of(build_pool(broken), ["edgetest.v1.EdgeTestService"])
+    with pytest.raises(ValueError, match="is not a field"):
+        check_bindings(methods)
+    check_bindings(methods_of(build_pool(files), ["edgetest.v1.EdgeTestService"]))
+
+
 @pytest.mark.parametrize("mutate, error", [
     (lambda c: manager(c).__setitem__("use_remote_adress", True), "use_remote_adress"),
     (lambda c: manager(c).__setitem__("codec_type", "HTTP7"), "HTTP7"),
@@ -118,7 +184,9 @@ def test_the_conformance_config_for_the_test_spec_parses_too(
     files = merge(load_descriptor_set(llmmesh.descriptor_set_path()),
                   compile_descriptor_set(tmp_path / "edgetest.binpb"))
     methods = methods_of(build_pool(edge_descriptor_set(files)), TEST_SPEC.services)
-    parsed = json_format.ParseDict(bootstrap(TEST_SPEC, methods), bootstrap_class())  # raises
+    parsed = json_format.ParseDict(
+        bootstrap(TEST_SPEC, methods, deployment.local(TEST_SPEC, str(tmp_path))),
+        bootstrap_class())  # raises
     assert parsed.static_resources.listeners and parsed.static_resources.clusters
 
 
@@ -141,7 +209,9 @@ def test_every_referenced_cluster_exists(config: dict[str, Any]) -> None:
 
 def route_for(config: dict[str, Any], path: str, method: str = "POST",
               grpc: bool = True) -> dict[str, Any]:
-    """The first route Envoy's router would pick for a request."""
+    """The first route Envoy's router would pick for a request (a preflight when the
+    method is OPTIONS)."""
+    present = {"access-control-request-method"} if method == "OPTIONS" else set()
     for route in manager(config)["route_config"]["virtual_hosts"][0]["routes"]:
         match = route["match"]
         if "grpc" in match and not grpc:
@@ -152,8 +222,11 @@ def route_for(config: dict[str, Any], path: str, method: str = "POST",
             continue
         if "safe_regex" in match and not re.search(match["safe_regex"]["regex"], path):
             continue
-        headers = {h["name"]: h["string_match"]["exact"] for h in match.get("headers", [])}
-        if headers.get(":method", method) != method:
+        headers = match.get("headers", [])
+        exact = {h["name"]: h["string_match"]["exact"] for h in headers if "string_match" in h}
+        if exact.get(":method", method) != method:
+            continue
+        if not {h["name"] for h in headers if h.get("present_match")} <= present:
             continue
         return route
     raise AssertionError(f"no route for {path}")
@@ -183,50 +256,38 @@ def sample_path(template: str) -> str:
     return text.replace("**", "a/b").replace("*", "x1")
 
 
-def jwt_requirement(config: dict[str, Any], path: str, method: str) -> str:
-    rules = http_filter(config, "envoy.filters.http.jwt_authn")["rules"]
-    for rule in rules:
-        match = rule["match"]
-        if "path" in match and match["path"] != path:
-            continue
-        if "prefix" in match and not path.startswith(match["prefix"]):
-            continue
-        if "safe_regex" in match and not re.search(match["safe_regex"]["regex"], path):
-            continue
-        headers = {h["name"]: h["string_match"]["exact"] for h in match.get("headers", [])}
-        if headers.get(":method", method) != method:
-            continue
-        requires = rule.get("requires")
-        if requires is None:
-            return "none"
-        return "optional" if "requires_any" in requires else "required"
-    raise AssertionError(f"no jwt rule for {method} {path}")
+def jwt_requirement(route: dict[str, Any]) -> str:
+    config = route.get("typed_per_filter_config", {}).get(JWT_FILTER)
+    assert config is not None, f"route {route['name']} names no JWT requirement"
+    if config.get("disabled"):
+        return "none"
+    return {JWT_REQUIRED: "required", JWT_OPTIONAL: "optional"}[config["requirement_name"]]
 
 
-def test_jwt_rules_agree_with_the_python_edge(config: dict[str, Any], pool: Any) -> None:
-    table = RouteTable(LLMMESH_SPEC, pool)
+def test_each_route_carries_its_methods_jwt_requirement(config: dict[str, Any],
+                                                        pool: Any) -> None:
     checked = 0
-    for method in table.methods:
-        public = method.full_name in LLMMESH_SPEC.public_methods
-        want = "optional" if public else "required"
-        assert jwt_requirement(config, method.full_name, "POST") == want
+    for method in methods_of(pool, LLMMESH_SPEC.services):
+        want = "optional" if method.full_name in LLMMESH_SPEC.public_methods else "required"
+        assert jwt_requirement(route_for(config, method.full_name)) == want
         for binding in method.bindings:
             base = sample_path(binding.template)
-            for path in (base, base + "/", base.replace("/x1", "/a%2Fb"), base + "?x=1"):
-                found = table.lookup(binding.http_method, path)
-                if found is None:
-                    continue
-                resolved_public = found.value.public
-                got = jwt_requirement(config, path.split("?")[0], binding.http_method)
-                assert got == ("optional" if resolved_public else "required"), (
-                    f"{binding.http_method} {path}: envoy {got}, python edge public="
-                    f"{resolved_public}")
+            trailing = [] if parse_template(binding.template).verb else [base + "/"]
+            for path in (base, *trailing, base.replace("/x1", "/a%2Fb")):
+                route = route_for(config, path, binding.http_method, grpc=False)
+                assert route["name"].startswith(method.full_name.strip("/").replace("/", ".")), (
+                    f"{binding.http_method} {path} matched {route['name']}")
+                assert jwt_requirement(route) == want
                 checked += 1
     assert checked > 30
-    assert jwt_requirement(config, "/v1/unknown", "GET") == "required"
-    assert jwt_requirement(config, LLMMESH_SPEC.health_path, "GET") == "none"
-    assert jwt_requirement(config, "/llmmesh.auth.v1.QuotaService/ReserveTokens",
-                           "POST") == "required"
+    assert jwt_requirement(route_for(config, "/v1/unknown", "GET", grpc=False)) == "required"
+    assert jwt_requirement(route_for(config, LLMMESH_SPEC.health_path, "GET")) == "none"
+    assert jwt_requirement(route_for(config, "/llmmesh.auth.v1.QuotaService/ReserveTokens",
+                                     "POST")) == "required"
+    rules = http_filter(config, JWT_FILTER)
+    assert "rules" not in rules, "requirements come from the route, never a second list"
+    preflight = route_for(config, "/v1/users/me", "OPTIONS", grpc=False)
+    assert preflight["name"] == "cors_preflight" and jwt_requirement(preflight) == "none"
 
 
 def test_rest_routes_carry_the_methods_rate_limit_class(config: dict[str, Any],
@@ -248,21 +309,40 @@ def test_rest_routes_carry_the_methods_rate_limit_class(config: dict[str, Any],
 def test_filters_settings_and_descriptor_set(config: dict[str, Any]) -> None:
     names = [f["name"] for f in manager(config)["http_filters"]]
     assert names == ["envoy.filters.http.cors", "envoy.filters.http.header_mutation",
-                     "envoy.filters.http.jwt_authn", "envoy.filters.http.ratelimit",
+                     "envoy.filters.http.lua", "envoy.filters.http.jwt_authn",
+                     "envoy.filters.http.ratelimit", "envoy.filters.http.buffer",
                      "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
     removed = {m["remove"] for m in http_filter(config, "envoy.filters.http.header_mutation")
                ["mutations"]["request_mutations"]}
     assert {"x-user-id", "x-llmmesh-service-token"} <= removed
-    jwt = http_filter(config, "envoy.filters.http.jwt_authn")["providers"]["llmmesh"]
+    jwt = http_filter(config, JWT_FILTER)["providers"]["llmmesh"]
     assert jwt["forward"] is True and jwt["remote_jwks"]["cache_duration"]
     assert jwt["claim_to_headers"][0]["header_name"] in removed
+    assert jwt["from_headers"] == [{"name": "authorization", "value_prefix": "Bearer "}]
+    assert "from_params" not in jwt, "never a token from the URL"
     ratelimit = http_filter(config, "envoy.filters.http.ratelimit")
     assert ratelimit["domain"] == LLMMESH_SPEC.domain
     assert float(ratelimit["timeout"].rstrip("s")) >= 0.1, "20 ms default is too tight"
+    assert http_filter(config, BUFFER_FILTER)["max_request_bytes"] == \
+        LLMMESH_SPEC.max_request_body_bytes
     transcoder = http_filter(config, "envoy.filters.http.grpc_json_transcoder")
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert transcoder["convert_grpc_status"] is True
-    assert transcoder["proto_descriptor"] == f"{ENVOY_DIR}/{DESCRIPTOR_FILE}"
+    assert transcoder["match_incoming_request_route"] is True
+    assert transcoder["proto_descriptor"] == f"{deployment.COMPOSE_CONFIG_DIR}/{DESCRIPTOR_FILE}"
     api = llmmesh.descriptor_set_path().read_bytes()
     assert (ROOT / "envoy" / DESCRIPTOR_FILE).read_bytes() == edge_descriptor_bytes(api), \
         "envoy/descriptor_set.binpb is stale: run python scripts/gen_edge.py"
+
+
+def test_grpc_routes_stream_bodies_and_rest_routes_buffer_them(config: dict[str, Any],
+                                                               pool: Any) -> None:
+    for method in methods_of(pool, LLMMESH_SPEC.services):
+        route = route_for(config, method.full_name)
+        assert route["typed_per_filter_config"][BUFFER_FILTER]["disabled"] is True
+        for binding in method.bindings:
+            rest = route_for(config, sample_path(binding.template), binding.http_method,
+                             grpc=False)
+            assert BUFFER_FILTER not in rest["typed_per_filter_config"]
+    upload = route_for(config, "/llmmesh.document.v1.DocumentService/UploadDocument")
+    assert upload["route"]["timeout"] == "900s"

@@ -2,7 +2,7 @@
 from tests/edge/protos at test time and served by a grpc.aio server with generic
 handlers over dynamic messages (no generated Python code).
 
-Run it alone (for an Envoy under test): `python -m tests.edge.upstream --port 50070`.
+Run it alone: `python -m tests.edge.upstream --port 50070`.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ class EdgeTestServicer:
         self.pool = build_pool(files)
         self.types = {name: message_class(self.pool, f"edgetest.v1.{name}") for name in (
             "ThingRequest", "Echo", "FailRequest", "StreamRequest", "StreamEvent",
-            "CancelledRequest", "CancelledResponse")}
+            "CancelledRequest", "CancelledResponse", "Wrapped", "UploadChunk",
+            "UploadSummary")}
         self.http_body = message_class(self.pool, "google.api.HttpBody")
         self.streams: dict[str, asyncio.Event] = {}
         self.cancelled: dict[str, asyncio.Event] = {}
+        self.calls: list[str] = []  # every method called, in order
 
     def _echo(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         echo = self.types["Echo"](method=method)
@@ -64,11 +66,17 @@ class EdgeTestServicer:
         return echo
 
     async def unary(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.calls.append(method)
         if method == "Fail":
             return await self._fail(request, context)
         if method == "GetRaw":
             await context.send_initial_metadata((("x-test-header", "raw"),))
             return self.http_body(content_type="text/csv", data=b"a,b\n1,2\n")
+        if method == "GetInner":
+            wrapped = self.types["Wrapped"](method=method)
+            wrapped.body.content_type = "application/json"
+            wrapped.body.data = f'{{"count": {request.count}}}'.encode()
+            return wrapped
         if method == "WasCancelled":
             return self.types["CancelledResponse"](
                 started=request.tag in self.streams,
@@ -93,7 +101,17 @@ class EdgeTestServicer:
         await context.abort(code, request.message, trailing_metadata=(
             ("grpc-status-details-bin", status.SerializeToString()),))
 
+    async def upload(self, chunks: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext) -> Any:
+        self.calls.append("Upload")
+        summary = self.types["UploadSummary"]()
+        async for chunk in chunks:
+            summary.chunks += 1
+            summary.bytes += len(chunk.data)
+        return summary
+
     async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self.calls.append("Stream")
         tag = request.tag
         if tag:
             self.streams[tag] = asyncio.Event()
@@ -122,7 +140,8 @@ class EdgeTestServicer:
             "GetFile": "ThingRequest", "GetLabel": "ThingRequest", "GetInner": "ThingRequest",
             "GetRaw": "ThingRequest", "GetSecret": "ThingRequest", "Fail": "FailRequest",
             "WasCancelled": "CancelledRequest", "Hidden": "ThingRequest",
-            "Limited": "ThingRequest"}
+            "Limited": "ThingRequest", "GetPrivate": "ThingRequest",
+            "GetPrivateIndex": "ThingRequest"}
         for method, request_type in unary_methods.items():
             async def behaviour(request: Any, context: grpc.aio.ServicerContext,
                                 method: str = method) -> Any:
@@ -133,6 +152,9 @@ class EdgeTestServicer:
                 response_serializer=lambda m: m.SerializeToString())
         handlers["Stream"] = grpc.unary_stream_rpc_method_handler(
             self.stream, request_deserializer=types["StreamRequest"].FromString,
+            response_serializer=lambda m: m.SerializeToString())
+        handlers["Upload"] = grpc.stream_unary_rpc_method_handler(
+            self.upload, request_deserializer=types["UploadChunk"].FromString,
             response_serializer=lambda m: m.SerializeToString())
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 

@@ -1,0 +1,68 @@
+"""Where an edge runs: the addresses, ports and paths that differ between deployments of
+the same spec. One generator (`gateway.envoy_config.bootstrap`) takes a spec and a
+`Deployment`; each target is a constructor here.
+
+- `compose()`: the docker-compose stack (`envoy/envoy.yaml`, committed): upstreams by
+  service name, the descriptor set mounted at /etc/envoy, the listener on all interfaces,
+  Prometheus stats on :9902.
+- `local(...)`: the embedded default (`./scripts/run.sh`) and the test suite: everything
+  on loopback, the descriptor set read from the checkout, written at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.spec import EdgeSpec
+
+LISTENER_PORT = 8080
+ADMIN_PORT = 9901
+STATS_PORT = 9902
+RATELIMIT_PORT = 50060
+COMPOSE_CONFIG_DIR = "/etc/envoy"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The per-deployment half of an Envoy bootstrap.
+
+    `upstreams` maps an upstream's name (`EdgeSpec.upstreams[*].name`) to the host and
+    port Envoy reaches it at; `ratelimit` is the rate limit service's address.
+    """
+
+    name: str
+    config_dir: str
+    listen_address: str
+    listener_port: int
+    admin_port: int
+    upstreams: Mapping[str, tuple[str, int]]
+    ratelimit: tuple[str, int]
+    stats_port: int | None = None
+    # Set only where the spec's default (the README's example origin) must be replaced.
+    cors_origins: tuple[str, ...] | None = None
+
+
+def compose(spec: EdgeSpec) -> Deployment:
+    """docker-compose: every upstream is the compose service of the same name."""
+    return Deployment(
+        name="compose", config_dir=COMPOSE_CONFIG_DIR,
+        listen_address="0.0.0.0",  # noqa: S104 — inside the container; compose publishes it
+        listener_port=LISTENER_PORT, admin_port=ADMIN_PORT, stats_port=STATS_PORT,
+        upstreams={u.name: (u.name, u.port) for u in spec.upstreams},
+        ratelimit=("ratelimit", RATELIMIT_PORT))
+
+
+def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT,
+          admin_port: int = ADMIN_PORT, upstreams: Mapping[str, tuple[str, int]] | None = None,
+          ratelimit: tuple[str, int] = ("127.0.0.1", RATELIMIT_PORT),
+          listen_address: str = "127.0.0.1",
+          cors_origins: tuple[str, ...] | None = None) -> Deployment:
+    """This machine: every upstream on 127.0.0.1 at its default port unless `upstreams`
+    says otherwise; the admin interface on loopback only."""
+    addresses = {u.name: ("127.0.0.1", u.port) for u in spec.upstreams}
+    addresses.update(upstreams or {})
+    return Deployment(
+        name="local", config_dir=config_dir, listen_address=listen_address,
+        listener_port=listener_port, admin_port=admin_port, upstreams=addresses,
+        ratelimit=ratelimit, cors_origins=cors_origins)
