@@ -1,10 +1,9 @@
-"""The descriptor set both edges transcode with, and the HTTP rules read from it.
+"""The descriptor set Envoy transcodes with, and the HTTP rules read from it.
 
 The API's descriptor set (`llmmesh.descriptor_set_path()`) lacks
 `google/rpc/error_details.proto`, which the transcoder needs to print the typed details
 of an error (`ErrorInfo`, `BadRequest`, ...) as JSON. `edge_descriptor_set` adds it
-(and its imports), so Envoy's copy in `envoy/` and the Python edge's pool hold the same
-files.
+(and its imports) for Envoy's copy in `envoy/`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The edge's one source of truth: which services are exposed, which methods are public,
 which rate-limit class each method belongs to and what every class allows.
 
-Both edges are driven by it:
+Envoy is driven by it, in every deployment:
 
-- `scripts/gen_edge.py` turns it (with the descriptor set) into `envoy/envoy.yaml` and
-  `envoy/ratelimit.yaml`; a test fails when those files are stale;
-- the Python edge (`gateway.app`) reads it directly at start-up;
-- the rate limit service reads `envoy/ratelimit.yaml`, the file generated from it.
+- `gateway/envoy_config.py` turns it (with the descriptor set and a deployment target)
+  into Envoy's bootstrap; `scripts/gen_edge.py` writes compose's into `envoy/` (a test
+  fails when it is stale), the launcher and the tests render a local one at start-up;
+- the rate limit service reads `envoy/ratelimit.yaml`, the rules generated from it.
 
 Methods are named `/package.Service/Method`, as on the gRPC wire.
 """
@@ -14,7 +14,7 @@ Methods are named `/package.Service/Method`, as on the gRPC wire.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 Unit = Literal["second", "minute", "hour", "day"]
@@ -22,8 +22,8 @@ CallerKey = Literal["user", "remote_address"]
 
 UNIT_SECONDS: Mapping[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-# Rate-limit descriptor keys, shared by Envoy's route actions, the Python edge and the
-# rate limit service's config file.
+# Rate-limit descriptor keys, shared by Envoy's route actions and the rate limit
+# service's config file.
 ROUTE_CLASS_KEY = "route_class"
 USER_KEY = "user"
 REMOTE_ADDRESS_KEY = "remote_address"
@@ -57,7 +57,7 @@ class RouteClass:
 
 @dataclass(frozen=True)
 class CorsSpec:
-    """CORS policy of the edge (Envoy's cors filter; the Python edge mirrors it)."""
+    """CORS policy of the edge (Envoy's cors filter)."""
 
     allow_origins: tuple[str, ...]
     allow_methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
@@ -80,7 +80,7 @@ class Upstream:
 
 @dataclass(frozen=True)
 class EdgeSpec:
-    """Everything both edges must agree on."""
+    """Everything the edge does, in every deployment."""
 
     domain: str
     upstreams: tuple[Upstream, ...]
@@ -156,9 +156,6 @@ class EdgeSpec:
         if method in self.method_timeouts:
             return self.method_timeouts[method] or None
         return None if server_streaming else self.unary_timeout_seconds
-
-    def with_cors_origins(self, origins: tuple[str, ...]) -> EdgeSpec:
-        return replace(self, cors=replace(self.cors, allow_origins=origins))
 
 
 def _methods(service: str, *names: str) -> list[str]:

@@ -4,7 +4,7 @@
 Writes into `api/python/llmmesh/`: messages (`*_pb2.py`), gRPC stubs (`*_pb2_grpc.py`),
 type stubs (`*.pyi`, by mypy-protobuf), package `__init__.py` files, and
 `descriptor_set.binpb` (every llmmesh proto with its imports) that Envoy's transcoder
-and the Python edge load. Also copies googleapis' `google/api` and `google/rpc`
+loads. Also copies googleapis' `google/api` and `google/rpc`
 protos from the installed googleapis-common-protos package into `build/proto-deps/`
 so `buf` can resolve imports offline.
 

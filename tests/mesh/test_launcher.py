@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,7 +31,8 @@ def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
         env[f"LLMMESH_{name.upper()}_PORT"] = str(port)
         env[f"LLMMESH_{name.upper()}_METRICS_PORT"] = str(free_port())
     ports["edge"] = free_port()
-    env.update(LLMMESH_EDGE_PORT=str(ports["edge"]), LLMMESH_RATELIMIT_PORT=str(free_port()),
+    env.update(LLMMESH_EDGE_PORT=str(ports["edge"]), LLMMESH_EDGE_ADMIN_PORT=str(free_port()),
+               LLMMESH_RATELIMIT_PORT=str(free_port()),
                LLMMESH_RATELIMIT_METRICS_PORT=str(free_port()))
     env.pop("LLMMESH_REDIS_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "services.mesh"], cwd=ROOT, env=env,
@@ -92,11 +94,19 @@ def test_the_mesh_runs_answers_and_stops_cleanly(mesh) -> None:  # type: ignore[
             query="when does the ferry leave?", k=1), timeout=30, metadata=bearer)
         assert found.results[0].document == created.name
 
-    # REST through the Python edge: JSON in, the server stream as Server-Sent Events out.
+    # REST through Envoy: JSON in, the server stream as Server-Sent Events out.
     edge = f"http://127.0.0.1:{ports['edge']}"
-    status, body = _http("POST", f"{edge}/v1/auth:login",
-                         {"username": "meshuser", "password": "mesh password"})
+    status, body, headers = _http("POST", f"{edge}/v1/auth:login",
+                                  {"username": "meshuser", "password": "mesh password"},
+                                  with_headers=True)
     assert status == 200 and body["tokens"]["tokenType"] == "Bearer"
+    assert headers["server"] == "envoy"
+    # gRPC through the same port.
+    with grpc.insecure_channel(f"127.0.0.1:{ports['edge']}") as channel:
+        me = auth_pb2_grpc.AuthServiceStub(channel).GetUser(
+            auth_pb2.GetUserRequest(name="users/me"), timeout=10,
+            metadata=(("authorization", f"Bearer {body['tokens']['accessToken']}"),))
+        assert me.username == "meshuser"
     status, events = _http("POST", f"{edge}/v1/conversations:streamChat",
                            {"message": "When does the ferry leave?", "options": {"useRag": True}},
                            token=body["tokens"]["accessToken"], sse=True)
@@ -120,7 +130,7 @@ def test_the_mesh_runs_answers_and_stops_cleanly(mesh) -> None:  # type: ignore[
 
 
 def _http(method: str, url: str, body: dict | None = None, token: str = "",
-          sse: bool = False) -> tuple[int, object]:
+          sse: bool = False, with_headers: bool = False) -> Any:
     import json
     import urllib.error
     import urllib.request
@@ -134,8 +144,11 @@ def _http(method: str, url: str, body: dict | None = None, token: str = "",
         with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
             text = answer.read().decode()
             status = answer.status
+            headers = dict(answer.headers.items())
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    if with_headers:
+        return status, json.loads(text), {k.lower(): v for k, v in headers.items()}
     if sse:
         return status, [json.loads(line.removeprefix("data: "))
                         for line in text.splitlines() if line.startswith("data: ")]
