@@ -37,11 +37,11 @@ from benchkit import heading, percentile, stop_process, wait_serving
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from mesh.redis_server import LocalRedis, free_port
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.config import AuthConfig
 from services.auth.keys import SigningKey, jwks_document
 from services.auth.server import POLICY, create_server
-from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.authn import Authenticator
 from services.runtime.config import Env
 from services.runtime.jwt_verify import JwksCache, JwtVerifier

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchkit import percentile  # noqa: E402
 
-from services.mesh.redis_server import LocalRedis, free_port  # noqa: E402
+from mesh.redis_server import LocalRedis, free_port  # noqa: E402
 from tests.chat.openai_server import OpenAIServer, Script  # noqa: E402
 
 SERVICE_TOKEN = "bench-service-token-" + "x" * 32

@@ -62,12 +62,12 @@ from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
+from mesh.redis_server import LocalRedis, free_port
 from services.document.chunk_store import ChunkStore
 from services.document.chunking import Chunker
 from services.document.library import SEARCH_OVERFETCH
 from services.document.parsing import parse
 from services.document.records import DocumentRecord, DocumentRecords
-from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.redis_client import redis_client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -52,7 +52,7 @@ from gateway.envoy_config import RATELIMIT_FILTER, ratelimit_rules  # noqa: E402
 from gateway.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
 from gateway.local_edge import start_local_edge  # noqa: E402
 from gateway.spec import EdgeSpec, Limit, RouteClass  # noqa: E402
-from services.mesh.redis_server import LocalRedis, free_port  # noqa: E402
+from mesh.redis_server import LocalRedis, free_port  # noqa: E402
 
 STARTUP_SECONDS = 60.0
 PASSWORD = "correct horse battery"  # noqa: S105 — a throwaway bench user's

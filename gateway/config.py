@@ -42,15 +42,15 @@ def _runtime(env: Env, service: str, port_name: str, port: int,
     base = RuntimeConfig.from_env("auth", env)
     return replace(
         base, service=service,
-        port=env.int(port_name, port, minimum=0, maximum=65535),
-        metrics_port=(env.int(metrics_name, metrics_port, minimum=0, maximum=65535)
+        port=env.integer(port_name, port, minimum=0, maximum=65535),
+        metrics_port=(env.integer(metrics_name, metrics_port, minimum=0, maximum=65535)
                       if metrics_name else 0))
 
 
 def ratelimit_address(env: Env, host: str) -> str:
-    port = env.int("LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT, minimum=0, maximum=65535)
+    port = env.integer("LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT, minimum=0, maximum=65535)
     connect = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host  # noqa: S104
-    return env.str("LLMMESH_RATELIMIT_ADDRESS", f"{connect}:{port}")
+    return env.text("LLMMESH_RATELIMIT_ADDRESS", f"{connect}:{port}")
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,15 @@ class RateLimitServiceConfig:
         env = env or Env()
         runtime = _runtime(env, "ratelimit", "LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT,
                            "LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT)
-        failure = env.str("LLMMESH_RATELIMIT_REDIS_FAILURE", "error").lower()
+        failure = env.text("LLMMESH_RATELIMIT_REDIS_FAILURE", "error").lower()
         if failure not in REDIS_FAILURE_MODES:
             raise ConfigError(f"LLMMESH_RATELIMIT_REDIS_FAILURE must be one of "
                               f"{', '.join(REDIS_FAILURE_MODES)}, got {failure!r}")
         return cls(
             runtime=runtime,
-            rules_path=Path(env.str("LLMMESH_RATELIMIT_CONFIG", str(DEFAULT_RATELIMIT_RULES))),
+            rules_path=Path(env.text("LLMMESH_RATELIMIT_CONFIG", str(DEFAULT_RATELIMIT_RULES))),
             redis_failure=failure,
-            key_prefix=env.str("LLMMESH_RATELIMIT_KEY_PREFIX", "llmmesh:ratelimit:"),
+            key_prefix=env.text("LLMMESH_RATELIMIT_KEY_PREFIX", "llmmesh:ratelimit:"),
         )
 
 
@@ -106,9 +106,9 @@ class EdgeConfig:
         origins = env.optional("LLMMESH_EDGE_CORS_ORIGINS")
         return cls(
             listen_host=host,
-            port=env.int("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535),
-            admin_port=env.int("LLMMESH_EDGE_ADMIN_PORT", EDGE_ADMIN_PORT, minimum=0,
-                               maximum=65535),
+            port=env.integer("LLMMESH_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535),
+            admin_port=env.integer("LLMMESH_EDGE_ADMIN_PORT", EDGE_ADMIN_PORT, minimum=0,
+                                   maximum=65535),
             upstreams={name: _host_port(endpoint(env, name, host).address)
                        for name in ("auth", "chat", "document", "embedding")},
             ratelimit=_host_port(ratelimit_address(env, host)),

@@ -6,14 +6,16 @@ type stubs (`*.pyi`, by mypy-protobuf), package `__init__.py` files, and
 `descriptor_set.binpb` (every llmmesh proto with its imports) that Envoy's transcoder
 loads. Also copies googleapis' `google/api` and `google/rpc`
 protos from the installed googleapis-common-protos package into `build/proto-deps/`
-so `buf` can resolve imports offline.
+so `buf` (and any other protoc) can resolve imports offline.
 
 Then runs scripts/gen_edge.py, whose Envoy config (envoy/) is derived from the same
 descriptor set, so one command regenerates everything that follows from protos/.
 
-Usage: python scripts/gen_protos.py [--check]
-  --check  generate into a temporary folder and exit 1 if anything differs from the
-           committed files (used by the staleness test).
+Usage: python scripts/gen_protos.py [--check | --proto-deps]
+  --check       generate into a temporary folder and exit 1 if anything differs from the
+                committed files (used by the staleness test).
+  --proto-deps  only copy the googleapis protos into build/proto-deps/ (scripts/setup.sh
+                runs this; it needs no dev tools, just the installed packages).
 """
 
 from __future__ import annotations
@@ -132,9 +134,14 @@ def _differences(left: Path, right: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if generated files are stale")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail if generated files are stale")
+    mode.add_argument("--proto-deps", action="store_true",
+                      help=f"only copy googleapis' protos into {PROTO_DEPS.relative_to(ROOT)}/")
     args = parser.parse_args()
     copy_proto_deps()
+    if args.proto_deps:
+        return 0
     if not args.check:
         generate(OUT_PACKAGE)
         print(f"generated {OUT_PACKAGE / 'llmmesh'}")

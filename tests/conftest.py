@@ -11,13 +11,13 @@ from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
 from llmmesh.document.v1 import document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2_grpc
 
+from mesh.redis_server import LocalRedis, free_port
 from services.auth.config import AuthConfig
 from services.auth.server import create_server
 from services.document.config import DocumentConfig
 from services.document.server import create_server as create_document_server
 from services.embedding.config import EmbeddingConfig
 from services.embedding.server import create_server as create_embedding_server
-from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.helpers import LoggedIn, register_and_login

@@ -38,6 +38,9 @@ from gateway.envoy_config import RATELIMIT_CLUSTER
 from gateway.envoy_process import envoy_binary
 from gateway.spec import LLMMESH_SPEC
 from services.auth.config import AuthConfig
+from services.chat.config import ChatConfig
+from services.document.config import DocumentConfig
+from services.embedding.config import EmbeddingConfig
 from services.runtime.config import (
     DEFAULT_METRICS_PORTS,
     DEFAULT_PORTS,
@@ -53,6 +56,8 @@ DOCKERFILE = ROOT / "services" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONSTRAINTS = ROOT / "constraints.txt"
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
+# The full config of each API service but auth (whose key file the test supplies).
+SERVICE_CONFIGS = {"chat": ChatConfig, "document": DocumentConfig, "embedding": EmbeddingConfig}
 # Built services that are not API services: compose name -> (module, gRPC port, metrics port).
 GATEWAY_SERVICES = {"ratelimit": ("gateway.ratelimit", RATELIMIT_PORT, RATELIMIT_METRICS_PORT)}
 
@@ -374,11 +379,13 @@ def test_compose_environment_passes_production_config(
             env["LLMMESH_AUTH_SIGNING_KEY_FILE"] = str(key_file)
             env["LLMMESH_DATA_DIR"] = str(tmp_path / "data")
             config = AuthConfig.from_env(Env(env))
-            assert config.signing_key_pem == key.decode()
+            assert config.signing_key_pem is not None
+            assert config.signing_key_pem.get_secret_value() == key.decode()
             runtime = config.runtime
         else:
             env["LLMMESH_DATA_DIR"] = str(tmp_path / "data")
-            runtime = RuntimeConfig.from_env(service, Env(env))
+            # Production refuses a peer address that compose leaves unset.
+            runtime = SERVICE_CONFIGS[service].from_env(Env(env)).runtime
         assert runtime.production
         assert (runtime.port, runtime.metrics_port) == effective_ports(service, env)
         grace = duration_seconds(spec.get("stop_grace_period", "10s"))

@@ -1,3 +1,4 @@
+"""The auth service: `python -m services.auth`."""
 from services.auth.server import main
 
 main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import grpc
@@ -19,7 +18,7 @@ from services.auth.servicer import AuthServicer, QuotaServicer
 from services.auth.users import UserStore
 from services.runtime.authn import AccessPolicy, service_methods
 from services.runtime.redis_client import redis_client
-from services.runtime.server import MeshServer, ServiceSpec, build_verifier
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
@@ -36,7 +35,8 @@ def create_server(config: AuthConfig) -> MeshServer:
     """The auth server, unstarted (`await server.start()` returns the bound port)."""
     runtime = config.runtime
     redis = redis_client(runtime.redis_url)
-    key = load_or_create(config.signing_key_pem, runtime.data_dir)
+    pem = config.signing_key_pem
+    key = load_or_create(pem.get_secret_value() if pem else None, runtime.data_dir)
     jwks = jwks_document([key])
     passwords = PasswordHasher(config.bcrypt_cost)
     accounts = Accounts(
@@ -60,7 +60,8 @@ def create_server(config: AuthConfig) -> MeshServer:
         await redis.aclose()
 
     async def own_jwks() -> dict[str, object]:
-        return json.loads(jwks)
+        document: dict[str, object] = json.loads(jwks)
+        return document
 
     spec = ServiceSpec(names=[AUTH_SERVICE, QUOTA_SERVICE], register=register, policy=POLICY,
                        on_stop=[close])
@@ -68,9 +69,5 @@ def create_server(config: AuthConfig) -> MeshServer:
 
 
 def main() -> None:
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import serve_until_signalled
-
-    config = AuthConfig.from_env()
-    configure_logging("auth", config.runtime.log_level)
-    asyncio.run(serve_until_signalled(lambda: create_server(config)))
+    """The auth service: `python -m services.auth`."""
+    run_service(AuthConfig.from_env, create_server)

@@ -6,7 +6,6 @@ import re
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import timestamp_pb2
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc, quota_pb2, quota_pb2_grpc
 
 from services.auth.accounts import Accounts, Session
@@ -14,6 +13,7 @@ from services.auth.quota import MONTH_PATTERN, Hold, QuotaLedger, QuotaSnapshot,
 from services.auth.users import UserRecord
 from services.runtime.context import current_user
 from services.runtime.errors import FieldViolation, InvalidArgument, NotFound, check_fields
+from services.runtime.timestamps import timestamp_from_millis, timestamp_from_seconds
 
 _USER_NAME = re.compile(r"^users/([^/]+)$")
 _USAGE_NAME = re.compile(r"^users/([^/]+)/usages/([^/]+)$")
@@ -84,7 +84,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _user(self, record: UserRecord) -> auth_pb2.User:
         limit = await self._ledger.limit(record.id)
         return auth_pb2.User(name=f"users/{record.id}", username=record.username,
-                             email=record.email, create_time=_timestamp(record.create_time),
+                             email=record.email,
+                             create_time=timestamp_from_seconds(record.create_time),
                              monthly_token_limit=limit)
 
 
@@ -151,21 +152,15 @@ def _own_user_id(segment: str, name: str) -> str:
 def _tokens(session: Session) -> auth_pb2.TokenPair:
     return auth_pb2.TokenPair(
         access_token=session.access.token, token_type="Bearer",  # noqa: S106
-        access_token_expire_time=_timestamp(session.access.expire_time),
+        access_token_expire_time=timestamp_from_seconds(session.access.expire_time),
         refresh_token=session.refresh.token,
-        refresh_token_expire_time=_timestamp(session.refresh.expire_time))
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+        refresh_token_expire_time=timestamp_from_seconds(session.refresh.expire_time))
 
 
 def _reservation(hold: Hold) -> quota_pb2.Reservation:
     return quota_pb2.Reservation(reservation_id=hold.reservation_id, user_id=hold.user_id,
                                  month=hold.month, tokens=hold.tokens,
-                                 expire_time=_timestamp(hold.expire_time_ms / 1000))
+                                 expire_time=timestamp_from_millis(hold.expire_time_ms))
 
 
 def _state(snapshot: QuotaSnapshot) -> quota_pb2.QuotaState:

@@ -20,9 +20,8 @@ import grpc
 from google.protobuf import duration_pb2
 from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 
-from services.chat.peer_errors import from_peer
 from services.runtime.context import servicer_context_var
-from services.runtime.errors import ResourceExhausted
+from services.runtime.rpc_errors import from_peer
 
 log = logging.getLogger("llmmesh.chat.quota")
 
@@ -60,9 +59,8 @@ class QuotaClient:
             answer = await self._stub.ExtendReservation(quota_pb2.ExtendReservationRequest(
                 reservation_id=hold.reservation_id, additional_tokens=tokens))
         except grpc.aio.AioRpcError as error:
-            if isinstance(from_peer(error, "quota"), ResourceExhausted):
-                return False
-            log.warning("extending a hold failed", extra={"code": error.code().name})
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # no room is the norm
+                log.warning("extending a hold failed", extra={"code": error.code().name})
             return False
         hold.tokens = answer.reservation.tokens
         return True

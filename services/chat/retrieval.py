@@ -1,6 +1,6 @@
 """RAG retrieval through the document service's SearchDocuments, with the caller's
-identity (the peer channel forwards their token), and embeddings through the
-embedding service's Embed for the extractive model."""
+identity (the peer channel forwards their token). Embeddings for the extractive model
+come from the shared services/runtime/embedding_client.py."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from collections.abc import Sequence
 
 import grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
-from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from services.chat.events import Source
-from services.chat.peer_errors import from_peer
+from services.runtime.embedding_client import EmbeddingClient
+from services.runtime.rpc_errors import from_peer
+
+__all__ = ["DocumentSearch", "RemoteEmbedder"]
 
 MAX_QUERY_CHARS = 2000  # SearchDocuments' limit
-EMBED_BATCH = 256  # Embed's default per-call limit
+
+# services/chat/server.py's name for the shared client; it can import EmbeddingClient
+# from services.runtime.embedding_client directly, and then this alias goes.
+RemoteEmbedder = EmbeddingClient
 
 
 class DocumentSearch:
@@ -34,21 +39,3 @@ class DocumentSearch:
             raise from_peer(error, "document", field_prefix="options.") from None
         return [Source(document=r.document, filename=r.filename, chunk_index=r.chunk_index,
                        score=r.score, text=r.text) for r in answer.results]
-
-
-class RemoteEmbedder:
-    """Vectors for texts from the embedding service (the default model)."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), EMBED_BATCH):
-            batch = list(texts[start:start + EMBED_BATCH])
-            try:
-                answer = await self._stub.Embed(embedding_pb2.EmbedRequest(texts=batch))
-            except grpc.aio.AioRpcError as error:
-                raise from_peer(error, "embedding") from None
-            vectors.extend(list(e.values) for e in answer.embeddings)
-        return vectors

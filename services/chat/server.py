@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
@@ -18,7 +16,7 @@ from services.runtime.authn import AccessPolicy
 from services.runtime.jwks_client import remote_jwks_fetcher
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client
-from services.runtime.server import MeshServer, ServiceSpec, build_verifier
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
 
 SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 
@@ -28,11 +26,10 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
     config = config or ChatConfig.from_env()
     runtime = config.runtime
     timeout = config.peer_timeout_seconds
-    auth = peer_channel(runtime.auth_address, runtime.service_token, default_timeout=timeout)
-    documents = peer_channel(config.document_address, runtime.service_token,
-                             default_timeout=timeout)
-    embeddings = peer_channel(config.embedding_address, runtime.service_token,
-                              default_timeout=timeout)
+    token = runtime.service_token.get_secret_value()
+    auth = peer_channel(runtime.auth_address, token, default_timeout=timeout)
+    documents = peer_channel(config.document_address, token, default_timeout=timeout)
+    embeddings = peer_channel(config.embedding_address, token, default_timeout=timeout)
     redis = redis_client(runtime.redis_url)
     quota = QuotaClient(auth, config.reservation_ttl_seconds)
     engine = ChatEngine(
@@ -55,9 +52,5 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
 
 
 def main() -> None:
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import serve_until_signalled
-
-    config = ChatConfig.from_env()
-    configure_logging("chat", config.runtime.log_level)
-    asyncio.run(serve_until_signalled(lambda: create_server(config)))
+    """The chat service: `python -m services.chat`."""
+    run_service(ChatConfig.from_env, create_server)

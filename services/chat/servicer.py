@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from services.chat.conversations import ConversationRecord, MessageRecord
@@ -29,7 +29,9 @@ from services.runtime.paging import (
     decode_page_token,
     encode_page_token,
     page_size,
+    paginate,
 )
+from services.runtime.timestamps import timestamp_from_millis, timestamp_from_seconds
 
 _FINISH = {
     FinishReason.STOP: chat_pb2.FINISH_REASON_STOP,
@@ -117,17 +119,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def ListModels(self, request: chat_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> chat_pb2.ListModelsResponse:
         current_user()
-        size = page_size(request.page_size, default=50, maximum=100)
-        offset = decode_offset(request.page_token, "models")
-        models = self._engine.registry.all()
-        page = models[offset:offset + size]
-        more = offset + size < len(models)
+        page = paginate(self._engine.registry.all(), request, "models", default=50, maximum=100)
         return chat_pb2.ListModelsResponse(
             models=[chat_pb2.Model(name=f"models/{m.spec.id}", model_id=m.spec.id,
                                    provider=m.spec.provider, default=m.default,
                                    max_output_tokens=m.spec.max_output_tokens,
-                                   generative=m.spec.generative) for m in page],
-            next_page_token=encode_page_token("models", o=offset + size) if more else "")
+                                   generative=m.spec.generative) for m in page.items],
+            next_page_token=page.next_page_token)
 
 
 def _turn_request(request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest) -> TurnRequest:
@@ -175,14 +173,15 @@ def _answer(event: Finished, model: str) -> chat_pb2.Message:
     return chat_pb2.Message(name=event.message_name, role=chat_pb2.ROLE_ASSISTANT,
                             content=event.content, model=model,
                             sources=[_source(s) for s in event.sources],
-                            usage=_usage(event.usage), create_time=_timestamp_s(event.create_time))
+                            usage=_usage(event.usage),
+                            create_time=timestamp_from_seconds(event.create_time))
 
 
 def _conversation(record: ConversationRecord) -> chat_pb2.Conversation:
     return chat_pb2.Conversation(name=f"conversations/{record.id}", title=record.title,
                                  message_count=record.message_count,
-                                 create_time=_timestamp_ms(record.create_ms),
-                                 update_time=_timestamp_ms(record.update_ms))
+                                 create_time=timestamp_from_millis(record.create_ms),
+                                 update_time=timestamp_from_millis(record.update_ms))
 
 
 def _message(record: MessageRecord, conversation: str) -> chat_pb2.Message:
@@ -190,20 +189,10 @@ def _message(record: MessageRecord, conversation: str) -> chat_pb2.Message:
         name=f"conversations/{conversation}/messages/{record.id}", role=_ROLE[record.role],
         content=record.content, model=record.model,
         sources=[_source(s) for s in record.sources],
-        create_time=_timestamp_ms(record.create_ms))
+        create_time=timestamp_from_millis(record.create_ms))
     if record.usage is not None:
         message.usage.CopyFrom(_usage(record.usage))
     return message
-
-
-def _timestamp_ms(ms: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
-
-
-def _timestamp_s(seconds: float) -> timestamp_pb2.Timestamp:
-    return _timestamp_ms(int(seconds * 1000))
 
 
 def _cursor(position: dict[str, object] | None) -> tuple[int, str] | None:

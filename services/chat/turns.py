@@ -35,7 +35,6 @@ from services.chat.events import (
     Usage,
 )
 from services.chat.prompts import HistoryMessage, build_messages
-from services.chat.provider_errors import provider_error
 from services.chat.quota import Hold, QuotaClient
 from services.chat.registry import ModelRegistry, RegisteredModel
 from services.chat.retrieval import DocumentSearch
@@ -43,6 +42,7 @@ from services.chat.tokens import count_prompt_tokens, count_tokens, estimate_pro
 from services.chat.validation import TurnRequest, validate_turn
 from services.runtime.context import request_id_var
 from services.runtime.errors import Internal, LlmmeshError, NotFound
+from services.runtime.provider_errors import provider_error
 
 log = logging.getLogger("llmmesh.chat")
 
@@ -130,8 +130,16 @@ class ChatEngine:
             hold=hold)
 
     async def run(self, turn: PreparedTurn) -> AsyncIterator[Event]:
-        """Started, Delta*, SourcesFound (RAG), then Finished or Failed."""
-        yield Started(turn.conversation_id, turn.model.spec.id)
+        """Started, Delta*, SourcesFound (RAG), then Finished or Failed.
+
+        The hold ends on every path: a consumer that goes away at any event (or a cancel)
+        leaves the delivered part charged and the rest released.
+        """
+        try:
+            yield Started(turn.conversation_id, turn.model.spec.id)
+        except BaseException:  # the consumer went away before any generation
+            self._quota.release(turn.hold)
+            raise
         started_ms = int(time.time() * 1000)
         generation = Generation()
         try:
@@ -157,9 +165,11 @@ class ChatEngine:
             self._charge_partial(turn, generation)
             raise
         usage = self._usage(turn, generation)
+        # Settled before anything else is yielded: the whole answer was delivered.
+        settled = self._quota.settle(turn.hold, usage.total_tokens)
         if turn.sources is not None:
             yield SourcesFound(turn.sources)
-        await asyncio.shield(self._quota.settle(turn.hold, usage.total_tokens))
+        await asyncio.shield(settled)
         try:
             name = await self._store(turn, generation, usage, started_ms)
         except Exception as error:  # noqa: BLE001

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 
 from services.chat.registry import ModelRegistry, RegisteredModel
 from services.runtime.errors import FieldViolation, InvalidArgument, check_fields
+from services.runtime.names import collection_violation, document_name_violation
 
 CONVERSATION_NAME = re.compile(r"^conversations/([0-9a-f]{32})$")
-DOCUMENT_NAME = re.compile(r"^documents/[A-Za-z0-9_-]{1,128}$")
-COLLECTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TEMPERATURE = 2.0
 DEFAULT_TOP_K, MAX_TOP_K = 4, 20
 MAX_DOCUMENTS = 100
@@ -119,11 +118,7 @@ def _retrieval_scope(options: TurnOptions) -> list[FieldViolation | None]:
                                     "must be true when documents or collection is set"))
     if len(options.documents) > MAX_DOCUMENTS:
         found.append(FieldViolation("options.documents", f"at most {MAX_DOCUMENTS} documents"))
-    for index, name in enumerate(options.documents):
-        if not DOCUMENT_NAME.match(name):
-            found.append(FieldViolation(f"options.documents[{index}]",
-                                        "must be documents/{document}"))
-    if options.collection and not COLLECTION.match(options.collection):
-        found.append(FieldViolation("options.collection",
-                                    "must be 1-64 letters, digits, '_' or '-'"))
+    found.extend(document_name_violation(name, f"options.documents[{index}]")
+                 for index, name in enumerate(options.documents))
+    found.append(collection_violation(options.collection, "options.collection"))
     return found

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
+from services.runtime.config import ConfigError, Env, RuntimeConfig
 
 MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class DocumentConfig:
+    """Everything the document service reads from the environment."""
+
     runtime: RuntimeConfig
     max_upload_bytes: int
     chunk_size: int
@@ -26,22 +28,23 @@ class DocumentConfig:
     def from_env(cls, env: Env | None = None) -> DocumentConfig:
         env = env or Env()
         runtime = RuntimeConfig.from_env("document", env)
-        chunk_size = env.int("LLMMESH_DOCUMENT_CHUNK_SIZE", 1000, minimum=100, maximum=8000)
-        overlap = env.int("LLMMESH_DOCUMENT_CHUNK_OVERLAP", 200, minimum=0)
+        chunk_size = env.integer("LLMMESH_DOCUMENT_CHUNK_SIZE", 1000, minimum=100,
+                                 maximum=8000)
+        overlap = env.integer("LLMMESH_DOCUMENT_CHUNK_OVERLAP", 200, minimum=0)
         if overlap >= chunk_size:
             raise ConfigError("LLMMESH_DOCUMENT_CHUNK_OVERLAP must be smaller than "
                               "LLMMESH_DOCUMENT_CHUNK_SIZE")
         return cls(
             runtime=runtime,
-            max_upload_bytes=env.int("LLMMESH_DOCUMENT_MAX_UPLOAD_BYTES", 10 * MIB, minimum=1,
-                                     maximum=15 * MIB),
+            max_upload_bytes=env.integer("LLMMESH_DOCUMENT_MAX_UPLOAD_BYTES", 10 * MIB,
+                                         minimum=1, maximum=15 * MIB),
             chunk_size=chunk_size,
             chunk_overlap=overlap,
-            embed_batch_size=env.int("LLMMESH_DOCUMENT_EMBED_BATCH_SIZE", 64, minimum=1,
-                                     maximum=256),
-            embedding_address=endpoint(env, "embedding", runtime.listen_host).address,
-            embedding_model=env.str("LLMMESH_DOCUMENT_EMBEDDING_MODEL", ""),
-            chroma_path=Path(env.str("LLMMESH_CHROMA_PATH",
-                                     str(runtime.data_dir / "chroma"))).resolve(),
+            embed_batch_size=env.integer("LLMMESH_DOCUMENT_EMBED_BATCH_SIZE", 64, minimum=1,
+                                         maximum=256),
+            embedding_address=runtime.peer_address(env, "embedding"),
+            embedding_model=env.text("LLMMESH_DOCUMENT_EMBEDDING_MODEL", ""),
+            chroma_path=Path(env.text("LLMMESH_CHROMA_PATH",
+                                      str(runtime.data_dir / "chroma"))).resolve(),
             chroma_host=env.optional("LLMMESH_CHROMA_HOST"),
         )

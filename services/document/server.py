@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
@@ -19,7 +17,7 @@ from services.runtime.authn import AccessPolicy
 from services.runtime.jwks_client import remote_jwks_fetcher
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client
-from services.runtime.server import MeshServer, ServiceSpec, build_verifier
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
 
 SERVICE = document_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name
 EMBED_TIMEOUT_SECONDS = 120.0
@@ -31,8 +29,9 @@ def create_server(config: DocumentConfig) -> MeshServer:
     redis = redis_client(runtime.redis_url)
     store = ChunkStore(config.chroma_path, config.chroma_host)
     records = DocumentRecords(redis)
-    auth_channel = peer_channel(runtime.auth_address, runtime.service_token)
-    embedding_channel = peer_channel(config.embedding_address, runtime.service_token,
+    token = runtime.service_token.get_secret_value()
+    auth_channel = peer_channel(runtime.auth_address, token)
+    embedding_channel = peer_channel(config.embedding_address, token,
                                      default_timeout=EMBED_TIMEOUT_SECONDS)
     embed = EmbeddingClient(embedding_channel, config.embedding_model).embed
     ingestor = Ingestor(Chunker(config.chunk_size, config.chunk_overlap), embed, store, records,
@@ -55,9 +54,5 @@ def create_server(config: DocumentConfig) -> MeshServer:
 
 
 def main() -> None:
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import serve_until_signalled
-
-    config = DocumentConfig.from_env()
-    configure_logging("document", config.runtime.log_level)
-    asyncio.run(serve_until_signalled(lambda: create_server(config)))
+    """The document service: `python -m services.document`."""
+    run_service(DocumentConfig.from_env, create_server)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from services.document.ingestion import Ingestor, Progress, Stage, Upload
@@ -28,7 +28,8 @@ from services.runtime.errors import (
     check_fields,
     to_status,
 )
-from services.runtime.paging import decode_offset, encode_page_token, page_size
+from services.runtime.paging import decode_offset, encode_page_token, page_size, paginate
+from services.runtime.timestamps import timestamp_from_seconds
 
 log = logging.getLogger("llmmesh.document")
 
@@ -144,17 +145,13 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                               context: grpc.aio.ServicerContext
                               ) -> document_pb2.ListCollectionsResponse:
         user_id = current_user().subject
-        scope = f"collections:{user_id}"
-        size = page_size(request.page_size, default=50, maximum=100)
-        offset = decode_offset(request.page_token, scope)
         found = await self._library.collections(user_id)
-        page = found[offset:offset + size]
+        page = paginate(found, request, f"collections:{user_id}", default=50, maximum=100)
         return document_pb2.ListCollectionsResponse(
             collections=[document_pb2.Collection(name=f"collections/{c.name}",
                                                  document_count=c.documents,
-                                                 chunk_count=c.chunks) for c in page],
-            next_page_token=(encode_page_token(scope, o=offset + size)
-                             if offset + size < len(found) else ""))
+                                                 chunk_count=c.chunks) for c in page.items],
+            next_page_token=page.next_page_token)
 
     def _upload(self, source: document_pb2.DocumentSource, content: bytes) -> Upload:
         collection = check_source(source.filename, source.collection)
@@ -173,17 +170,11 @@ def _too_large(limit: int) -> InvalidArgument:
                            reason="UPLOAD_TOO_LARGE", metadata={"limit_bytes": str(limit)})
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 def _resource(record: DocumentRecord, deduplicated: bool = False) -> document_pb2.Document:
     return document_pb2.Document(
         name=f"documents/{record.id}", collection=record.collection, filename=record.filename,
         content_type=record.content_type, size_bytes=record.size, chunk_count=record.chunks,
-        sha256=record.sha256, create_time=_timestamp(record.create_time),
+        sha256=record.sha256, create_time=timestamp_from_seconds(record.create_time),
         deduplicated=deduplicated)
 
 

@@ -1,24 +1,21 @@
-"""Input rules for documents: names, filenames, collections, queries."""
+"""Input rules for documents: filenames, queries, and (from services/runtime/names.py,
+shared with chat) document names and collections."""
 
 from __future__ import annotations
 
 import re
 
-from services.runtime.errors import FieldViolation, InvalidArgument, check_fields
+from services.runtime.errors import FieldViolation, check_fields
+from services.runtime.names import collection_violation, document_id
+
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_K", "MAX_K", "MAX_QUERY_CHARS", "check_search",
+           "check_source", "collection_violation", "document_id", "filename_violation"]
 
 DEFAULT_COLLECTION = "default"
-COLLECTION_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DOCUMENT_NAME = re.compile(r"^documents/([0-9a-f]{32})$")
 _BAD_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 MAX_QUERY_CHARS = 2000
 MAX_K = 50
 DEFAULT_K = 5
-
-
-def collection_violation(collection: str, field: str) -> FieldViolation | None:
-    if collection and not COLLECTION_PATTERN.match(collection):
-        return FieldViolation(field, "must be 1-64 letters, digits, '_' or '-'")
-    return None
 
 
 def filename_violation(filename: str, field: str) -> FieldViolation | None:
@@ -35,14 +32,6 @@ def check_source(filename: str, collection: str) -> str:
     check_fields([filename_violation(filename, "source.filename"),
                   collection_violation(collection, "source.collection")])
     return collection or DEFAULT_COLLECTION
-
-
-def document_id(name: str, field: str = "name") -> str:
-    """The id in `documents/{id}`; INVALID_ARGUMENT when malformed."""
-    match = DOCUMENT_NAME.match(name)
-    if match is None:
-        raise InvalidArgument([FieldViolation(field, "must be documents/{document}")])
-    return match.group(1)
 
 
 def check_search(query: str, k: int | None, collection: str, min_score: float | None) -> int:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from services.embedding.config import EmbeddingConfig, ModelSpec
 from services.runtime.config import ConfigError
-from services.runtime.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from services.runtime.errors import Internal
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class LocalModel:
 
 
 class OpenAICompatibleModel:
-    """An OpenAI-compatible /v1/embeddings endpoint through langchain-openai.
+    """An OpenAI-compatible /v1/embeddings endpoint through langchain-openai; provider
+    failures map as chat's do (services/runtime/provider_errors.py).
 
     `check_embedding_ctx_length=False` keeps tiktoken from downloading its encoding."""
 
@@ -99,23 +100,15 @@ class OpenAICompatibleModel:
         return self._dimension
 
     async def embed(self, texts: Sequence[str]) -> Embedded:
-        import openai
+        from services.runtime.provider_errors import provider_error  # imports openai
 
         try:
             vectors = await self._client.aembed_documents(list(texts))
-        except openai.RateLimitError:
-            raise ResourceExhausted("the embedding provider is rate limiting",
-                                    reason="PROVIDER_RATE_LIMITED",
-                                    retry_after_seconds=1.0) from None
-        except openai.APITimeoutError:
-            raise DeadlineExceeded("the embedding provider timed out",
-                                   reason="PROVIDER_TIMEOUT") from None
-        except (openai.APIConnectionError, openai.InternalServerError):
-            raise Unavailable("the embedding provider is unavailable",
-                              reason="PROVIDER_UNAVAILABLE", retry_after_seconds=1.0) from None
-        except openai.APIStatusError as error:
-            raise Internal(f"the embedding provider refused the request ({error.status_code})",
-                           reason="PROVIDER_ERROR") from None
+        except Exception as error:
+            mapped = provider_error(error, self.model_id)
+            if mapped is None:
+                raise
+            raise mapped from None
         bad = [len(v) for v in vectors if len(v) != self._dimension]
         if len(vectors) != len(texts) or bad:
             raise Internal("the embedding provider returned vectors of the wrong shape",

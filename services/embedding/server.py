@@ -14,7 +14,7 @@ from services.embedding.servicer import EmbeddingServicer
 from services.runtime.authn import AccessPolicy
 from services.runtime.jwks_client import remote_jwks_fetcher
 from services.runtime.peers import peer_channel
-from services.runtime.server import MeshServer, ServiceSpec, build_verifier
+from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
 
 SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -23,7 +23,7 @@ def create_server(config: EmbeddingConfig, registry: ModelRegistry | None = None
     """The embedding server, unstarted. Loading the local model takes a few seconds."""
     runtime = config.runtime
     registry = registry or build_registry(config)
-    auth_channel = peer_channel(runtime.auth_address, runtime.service_token)
+    auth_channel = peer_channel(runtime.auth_address, runtime.service_token.get_secret_value())
 
     def register(server: grpc.aio.Server) -> None:
         embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
@@ -45,10 +45,11 @@ def build_registry(config: EmbeddingConfig) -> ModelRegistry:
 
 
 def main() -> None:
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import serve_until_signalled
+    """The embedding service: `python -m services.embedding`."""
+    run_service(EmbeddingConfig.from_env, create_loaded_server)
 
-    config = EmbeddingConfig.from_env()
-    configure_logging("embedding", config.runtime.log_level)
-    registry = build_registry(config)  # load before serving, off the event loop
-    asyncio.run(serve_until_signalled(lambda: create_server(config, registry)))
+
+async def create_loaded_server(config: EmbeddingConfig) -> MeshServer:
+    """The server once its models are loaded: seconds of CPU, in a thread, before binding."""
+    registry = await asyncio.to_thread(build_registry, config)
+    return create_server(config, registry)

@@ -6,7 +6,7 @@ import grpc
 from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from services.embedding.registry import ModelRegistry
-from services.runtime.paging import decode_offset, encode_page_token, page_size
+from services.runtime.paging import paginate
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
@@ -27,15 +27,11 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def ListEmbeddingModels(
             self, request: embedding_pb2.ListEmbeddingModelsRequest,
             context: grpc.aio.ServicerContext) -> embedding_pb2.ListEmbeddingModelsResponse:
-        size = page_size(request.page_size, default=50, maximum=100)
-        start = decode_offset(request.page_token, "embeddingModels")
         models = sorted(self._registry.models(), key=lambda m: m.model_id)
-        page = models[start:start + size]
-        following = start + size
+        page = paginate(models, request, "embeddingModels", default=50, maximum=100)
         return embedding_pb2.ListEmbeddingModelsResponse(
             embedding_models=[embedding_pb2.EmbeddingModel(
                 name=f"embeddingModels/{m.model_id}", model_id=m.model_id,
                 dimension=m.dimension, provider=m.provider,
-                default=m.model_id == self._registry.default_model) for m in page],
-            next_page_token=(encode_page_token("embeddingModels", o=following)
-                             if following < len(models) else ""))
+                default=m.model_id == self._registry.default_model) for m in page.items],
+            next_page_token=page.next_page_token)

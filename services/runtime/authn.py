@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,9 @@ from services.runtime.jwt_verify import JwtVerifier
 
 AUTHORIZATION_HEADER = "authorization"
 SERVICE_TOKEN_HEADER = "x-llmmesh-service-token"  # noqa: S105 — a header name
+# RFC 7235 credentials for the Bearer scheme (any case), one or more spaces, then an
+# RFC 6750 b64token (token68: base64url, base64 and JWT characters, trailing "=").
+_BEARER_CREDENTIALS = re.compile(r"bearer +([A-Za-z0-9._~+/-]+=*)", re.IGNORECASE)
 
 ALWAYS_PUBLIC_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -68,12 +72,13 @@ class Authenticator:
         access = self._policy.access(method)
         if access is Access.SERVICE:
             return self._service(metadata)
-        bearer = _bearer(metadata)
-        if bearer is None:
+        authorization = metadata.get(AUTHORIZATION_HEADER)
+        if authorization is None:
             if access is Access.PUBLIC:
                 return ANONYMOUS
             raise Unauthenticated("missing access token (authorization: Bearer <token>)",
                                   reason="MISSING_TOKEN")
+        bearer = bearer_token(authorization)
         verified = await self._verifier.verify(bearer)
         return Principal(kind="user", subject=verified.subject, username=verified.username,
                          bearer_token=bearer, claims=verified.claims)
@@ -86,11 +91,13 @@ class Authenticator:
         return Principal(kind="service", subject="service")
 
 
-def _bearer(metadata: Mapping[str, str]) -> str | None:
-    raw = metadata.get(AUTHORIZATION_HEADER)
-    if raw is None:
-        return None
-    scheme, _, token = raw.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+def bearer_token(authorization: str) -> str:
+    """The token of an `authorization` value `Bearer <token>`.
+
+    As RFC 7235 says, the scheme is case-insensitive (`bearer`, `BEARER`); anything but
+    the Bearer scheme with one b64token is refused with MALFORMED_TOKEN.
+    """
+    match = _BEARER_CREDENTIALS.fullmatch(authorization.strip())
+    if match is None:
         raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MALFORMED_TOKEN")
-    return token.strip()
+    return match.group(1)

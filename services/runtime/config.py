@@ -1,8 +1,9 @@
 """Configuration from environment variables: the one place that reads them.
 
 Every variable has a safe default for a local run. `LLMMESH_ENV=production` turns
-unsafe defaults (generated keys, a generated service token, low bcrypt cost) into
-start-up errors.
+unsafe defaults (generated keys, a generated service token, low bcrypt cost, peers
+assumed on localhost) into start-up errors. Secrets are `SecretStr`: their `repr` and
+`str` are masked, so a logged config never shows them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 SERVICE_TOKEN_MIN_LENGTH = 32
+PRODUCTION = "LLMMESH_ENV=production"
 
 
 class ConfigError(ValueError):
@@ -21,13 +25,20 @@ class ConfigError(ValueError):
 
 
 class Env:
-    """Typed reads of environment variables with defaults and clear errors."""
+    """Typed reads of environment variables with defaults and clear errors.
+
+    An empty or all-blank value counts as unset; values are stripped.
+    """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def str(self, name: str, default: str | None = None) -> str:
-        value = self._environ.get(name, "").strip()
+    def _raw(self, name: str) -> str:
+        return self._environ.get(name, "").strip()
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """The value of `name`; `default` when unset, a ConfigError when there is none."""
+        value = self._raw(name)
         if value:
             return value
         if default is None:
@@ -35,12 +46,18 @@ class Env:
         return default
 
     def optional(self, name: str) -> str | None:
-        value = self._environ.get(name, "").strip()
-        return value or None
+        """The value of `name`, or None when unset."""
+        return self._raw(name) or None
 
-    def int(self, name: str, default: int, *, minimum: int | None = None,
-            maximum: int | None = None) -> int:
-        raw = self._environ.get(name, "").strip()
+    def secret(self, name: str) -> SecretStr | None:
+        """The value of `name` masked in `repr`, or None when unset."""
+        value = self._raw(name)
+        return SecretStr(value) if value else None
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        """An integer within [minimum, maximum]; `default` when unset."""
+        raw = self._raw(name)
         try:
             value = int(raw) if raw else default
         except ValueError:
@@ -51,8 +68,9 @@ class Env:
             raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        raw = self._environ.get(name, "").strip()
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A float of at least `minimum`; `default` when unset."""
+        raw = self._raw(name)
         try:
             value = float(raw) if raw else default
         except ValueError:
@@ -61,8 +79,9 @@ class Env:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
-        raw = self._environ.get(name, "").strip().lower()
+    def flag(self, name: str, default: bool) -> bool:
+        """true/false (also 1/0, yes/no, on/off); `default` when unset."""
+        raw = self._raw(name).lower()
         if not raw:
             return default
         if raw in {"1", "true", "yes", "on"}:
@@ -88,13 +107,25 @@ DEFAULT_METRICS_PORTS = {"auth": 9101, "chat": 9102, "document": 9103, "embeddin
 def endpoint(env: Env, service: str, host: str) -> ServiceEndpoint:
     """Port, metrics port and peer address of `service` (e.g. `LLMMESH_AUTH_PORT`)."""
     prefix = f"LLMMESH_{service.upper()}"
-    port = env.int(f"{prefix}_PORT", DEFAULT_PORTS[service], minimum=0, maximum=65535)
-    metrics_port = env.int(
+    port = env.integer(f"{prefix}_PORT", DEFAULT_PORTS[service], minimum=0, maximum=65535)
+    metrics_port = env.integer(
         f"{prefix}_METRICS_PORT", DEFAULT_METRICS_PORTS[service], minimum=0, maximum=65535
     )
     connect_host = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host  # noqa: S104
-    address = env.str(f"{prefix}_ADDRESS", f"{connect_host}:{port}")
+    address = env.text(f"{prefix}_ADDRESS", f"{connect_host}:{port}")
     return ServiceEndpoint(port=port, metrics_port=metrics_port, address=address)
+
+
+def peer_address(env: Env, peer: str, *, caller: str, production: bool, host: str) -> str:
+    """Where `caller` reaches `peer`: `LLMMESH_<PEER>_ADDRESS`.
+
+    Locally it defaults to the peer's port on this host; in production it must be set,
+    since that default would quietly point a container at its own loopback.
+    """
+    name = f"LLMMESH_{peer.upper()}_ADDRESS"
+    if production and env.optional(name) is None:
+        raise ConfigError(f"{name} is required when {PRODUCTION} ({caller} calls {peer})")
+    return endpoint(env, peer, host).address
 
 
 @dataclass(frozen=True)
@@ -108,53 +139,61 @@ class RuntimeConfig:
     metrics_port: int
     log_level: str
     data_dir: Path
-    redis_url: str
-    service_token: str
+    redis_url: str = field(repr=False)  # may carry a password
+    service_token: SecretStr
     jwt_issuer: str
     jwt_audience: str
     jwt_leeway_seconds: int
     jwks_cache_seconds: int
     jwks_refetch_interval_seconds: float
-    auth_address: str
+    auth_address: str  # auth's own address when this is auth
     shutdown_grace_seconds: float
 
     @classmethod
     def from_env(cls, service: str, env: Env | None = None) -> RuntimeConfig:
         env = env or Env()
-        environment = env.str("LLMMESH_ENV", "local").lower()
+        environment = env.text("LLMMESH_ENV", "local").lower()
         if environment not in {"local", "production"}:
             raise ConfigError(f"LLMMESH_ENV must be local or production, got {environment!r}")
         production = environment == "production"
-        host = env.str("LLMMESH_LISTEN_HOST", "127.0.0.1")
+        host = env.text("LLMMESH_LISTEN_HOST", "127.0.0.1")
         own = endpoint(env, service, host)
-        data_dir = Path(env.str("LLMMESH_DATA_DIR", ".data")).resolve()
+        data_dir = Path(env.text("LLMMESH_DATA_DIR", ".data")).resolve()
         return cls(
             service=service,
             production=production,
             listen_host=host,
             port=own.port,
             metrics_port=own.metrics_port,
-            log_level=env.str("LLMMESH_LOG_LEVEL", "INFO").upper(),
+            log_level=env.text("LLMMESH_LOG_LEVEL", "INFO").upper(),
             data_dir=data_dir,
-            redis_url=env.str("LLMMESH_REDIS_URL", "redis://127.0.0.1:6380/0"),
+            redis_url=env.text("LLMMESH_REDIS_URL", "redis://127.0.0.1:6380/0"),
             service_token=_service_token(env, production, data_dir),
-            jwt_issuer=env.str("LLMMESH_JWT_ISSUER", "llmmesh-auth"),
-            jwt_audience=env.str("LLMMESH_JWT_AUDIENCE", "llmmesh"),
-            jwt_leeway_seconds=env.int("LLMMESH_JWT_LEEWAY_SECONDS", 30, minimum=0, maximum=300),
-            jwks_cache_seconds=env.int("LLMMESH_JWKS_CACHE_SECONDS", 300, minimum=1),
-            jwks_refetch_interval_seconds=env.float("LLMMESH_JWKS_REFETCH_INTERVAL_SECONDS", 1.0),
-            auth_address=endpoint(env, "auth", host).address,
-            shutdown_grace_seconds=env.float("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
+            jwt_issuer=env.text("LLMMESH_JWT_ISSUER", "llmmesh-auth"),
+            jwt_audience=env.text("LLMMESH_JWT_AUDIENCE", "llmmesh"),
+            jwt_leeway_seconds=env.integer("LLMMESH_JWT_LEEWAY_SECONDS", 30, minimum=0,
+                                           maximum=300),
+            jwks_cache_seconds=env.integer("LLMMESH_JWKS_CACHE_SECONDS", 300, minimum=1),
+            jwks_refetch_interval_seconds=env.number("LLMMESH_JWKS_REFETCH_INTERVAL_SECONDS",
+                                                     1.0),
+            auth_address=(own.address if service == "auth" else peer_address(
+                env, "auth", caller=service, production=production, host=host)),
+            shutdown_grace_seconds=env.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
         )
 
+    def peer_address(self, env: Env, peer: str) -> str:
+        """Where this service reaches `peer`; required in production (see `peer_address`)."""
+        return peer_address(env, peer, caller=self.service, production=self.production,
+                            host=self.listen_host)
 
-def _service_token(env: Env, production: bool, data_dir: Path) -> str:
+
+def _service_token(env: Env, production: bool, data_dir: Path) -> SecretStr:
     """The shared credential for internal RPCs.
 
     Production requires `LLMMESH_SERVICE_TOKEN` (at least 32 characters). A local run
     without it shares one generated token through the data directory.
     """
-    token = env.optional("LLMMESH_SERVICE_TOKEN")
+    token = env.secret("LLMMESH_SERVICE_TOKEN")
     if token is not None:
         if len(token) < SERVICE_TOKEN_MIN_LENGTH:
             raise ConfigError(
@@ -162,7 +201,7 @@ def _service_token(env: Env, production: bool, data_dir: Path) -> str:
             )
         return token
     if production:
-        raise ConfigError("LLMMESH_SERVICE_TOKEN is required when LLMMESH_ENV=production")
+        raise ConfigError(f"LLMMESH_SERVICE_TOKEN is required when {PRODUCTION}")
     path = data_dir / "secrets" / "service-token"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -171,4 +210,4 @@ def _service_token(env: Env, production: bool, data_dir: Path) -> str:
             handle.write(secrets.token_urlsafe(32))
     except FileExistsError:
         pass
-    return path.read_text(encoding="utf-8").strip()
+    return SecretStr(path.read_text(encoding="utf-8").strip())

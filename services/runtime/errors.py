@@ -14,7 +14,9 @@
      └── Internal             INTERNAL
 
 Every status carries one ErrorInfo (AIP-193): an UPPER_SNAKE `reason`, the
-`llmmesh` domain and the message's variables as metadata.
+`llmmesh` domain and the message's variables as metadata. `to_status` and
+`from_status` turn an error into that google.rpc.Status and back;
+services/runtime/rpc_errors.py puts it on the wire and reads it off a peer's call.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "llmmesh"
@@ -58,7 +61,7 @@ class LlmmeshError(Exception):
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         """Typed google.rpc details besides ErrorInfo."""
         return []
 
@@ -75,7 +78,7 @@ class InvalidArgument(LlmmeshError):
         text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(text, **kwargs)  # type: ignore[arg-type]
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in self.violations
@@ -103,7 +106,7 @@ class _ResourceError(LlmmeshError):
     def _message(self) -> str:
         raise NotImplementedError
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [error_details_pb2.ResourceInfo(
             resource_type=self.resource_type, resource_name=self.resource_name
         )]
@@ -140,8 +143,8 @@ class ResourceExhausted(LlmmeshError):
         self.violations = list(violations)
         self.retry_after_seconds = retry_after_seconds
 
-    def details(self) -> list[object]:
-        found: list[object] = []
+    def details(self) -> list[Message]:
+        found: list[Message] = []
         if self.violations:
             found.append(error_details_pb2.QuotaFailure(violations=[
                 error_details_pb2.QuotaFailure.Violation(subject=v.subject,
@@ -162,7 +165,7 @@ class Unavailable(LlmmeshError):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after_seconds = retry_after_seconds
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         if self.retry_after_seconds is None:
             return []
         return [_retry_info(self.retry_after_seconds)]
@@ -197,19 +200,74 @@ def to_status(error: LlmmeshError) -> status_pb2.Status:
     packed = []
     for detail in [info, *error.details()]:
         container = any_pb2.Any()
-        container.Pack(detail)  # type: ignore[arg-type]
+        container.Pack(detail)
         packed.append(container)
     return status_pb2.Status(
         code=_CODE_NUMBERS[error.code], message=error.message, details=packed
     )
 
 
-def status_trailers(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
-    """Trailing metadata carrying a rich status, as grpcio-status does."""
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+def from_status(status: status_pb2.Status) -> LlmmeshError:
+    """The domain error a google.rpc.Status describes: the inverse of `to_status`.
+
+    Reason, metadata and typed details are kept; a code outside the hierarchy (e.g.
+    CANCELLED, UNKNOWN) becomes Internal with the code's name in its metadata."""
+    details = _unpack(status.details)
+    info = details.get(error_details_pb2.ErrorInfo)
+    reason = getattr(info, "reason", "") or None
+    metadata = dict(getattr(info, "metadata", {}))
+    code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    message = status.message
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        bad = details.get(error_details_pb2.BadRequest)
+        fields = [FieldViolation(v.field, v.description)
+                  for v in getattr(bad, "field_violations", ())]
+        return InvalidArgument(fields or [FieldViolation("", message)], message,
+                               reason=reason, metadata=metadata)
+    if code in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS}:
+        resource = details.get(error_details_pb2.ResourceInfo)
+        kind = NotFound if code == grpc.StatusCode.NOT_FOUND else AlreadyExists
+        return kind(getattr(resource, "resource_type", ""),
+                    getattr(resource, "resource_name", ""), message,
+                    reason=reason, metadata=metadata)
+    retry = details.get(error_details_pb2.RetryInfo)
+    retry_after = (retry.retry_delay.ToTimedelta().total_seconds()
+                   if isinstance(retry, error_details_pb2.RetryInfo) else None)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        failure = details.get(error_details_pb2.QuotaFailure)
+        quota = [QuotaViolation(v.subject, v.description)
+                 for v in getattr(failure, "violations", ())]
+        return ResourceExhausted(message, violations=quota, retry_after_seconds=retry_after,
+                                 reason=reason, metadata=metadata)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(message, retry_after_seconds=retry_after, reason=reason,
+                           metadata=metadata)
+    simple = _SIMPLE_CLASSES.get(code)
+    if simple is None:
+        metadata.setdefault("code", code.name)
+        return Internal(message, reason=reason, metadata=metadata)
+    return simple(message, reason=reason, metadata=metadata)
 
 
+def _unpack(packed: Sequence[any_pb2.Any]) -> dict[type[Message], Message]:
+    found: dict[type[Message], Message] = {}
+    for container in packed:
+        kind = _DETAIL_KINDS.get(container.TypeName())
+        if kind is not None and kind not in found:
+            detail = kind()
+            container.Unpack(detail)
+            found[kind] = detail
+    return found
+
+
+_DETAIL_KINDS: dict[str, type[Message]] = {kind.DESCRIPTOR.full_name: kind for kind in (
+    error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.ResourceInfo,
+    error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo)}
+_SIMPLE_CLASSES: dict[grpc.StatusCode, type[LlmmeshError]] = {
+    kind.code: kind for kind in (Unauthenticated, PermissionDenied, FailedPrecondition,
+                                 DeadlineExceeded, Unimplemented, Internal)}
 _CODE_NUMBERS = {code: code.value[0] for code in grpc.StatusCode}
+_CODES_BY_NUMBER = {number: code for code, number in _CODE_NUMBERS.items()}
 assert _CODE_NUMBERS[grpc.StatusCode.NOT_FOUND] == code_pb2.NOT_FOUND
 
 

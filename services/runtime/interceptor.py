@@ -22,14 +22,9 @@ import grpc
 
 from services.runtime.authn import Authenticator
 from services.runtime.context import principal_var, request_id_var, servicer_context_var
-from services.runtime.errors import (
-    Internal,
-    LlmmeshError,
-    Unimplemented,
-    status_trailers,
-    to_status,
-)
+from services.runtime.errors import Internal, LlmmeshError, Unimplemented
 from services.runtime.metrics import ServerMetrics
+from services.runtime.rpc_errors import abort_status
 
 log = logging.getLogger("llmmesh.rpc")
 
@@ -159,10 +154,8 @@ class _Call:
             log.error("unhandled error in %s", self.method, exc_info=error)
             error = Internal(f"internal error (request id {request_id_var.get()})")
         self.code = error.code
-        trailers = status_trailers(to_status(error))
-        await self.context.abort(error.code, error.message,
-                                 trailing_metadata=((REQUEST_ID_HEADER, request_id_var.get()),
-                                                    *trailers))
+        await self.context.abort_with_status(
+            abort_status(error, ((REQUEST_ID_HEADER, request_id_var.get()),)))
 
     def end(self) -> None:
         elapsed = time.perf_counter() - self.started

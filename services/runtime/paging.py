@@ -1,4 +1,5 @@
-"""AIP-158 pagination: page sizes with a default and a maximum, and opaque page tokens.
+"""AIP-158 pagination: page sizes with a default and a maximum, opaque page tokens, and
+`paginate` for listings held in memory.
 
 A token is base64url JSON holding the position to continue from and the scope of the
 listing that made it (e.g. the caller and the filters). A token from another listing,
@@ -11,9 +12,13 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.runtime.errors import FieldViolation, InvalidArgument
+
+Item = TypeVar("Item")
 
 
 def page_size(requested: int, *, default: int, maximum: int) -> int:
@@ -56,3 +61,30 @@ def decode_offset(token: str, scope: str) -> int:
 
 def _digest(scope: str) -> str:
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+class PageRequest(Protocol):
+    """Any AIP-158 List request."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Page(Generic[Item]):
+    """One page of a listing and the token of the next (empty on the last page)."""
+
+    items: Sequence[Item]
+    next_page_token: str
+
+
+def paginate(items: Sequence[Item], request: PageRequest, scope: str, *, default: int,
+             maximum: int) -> Page[Item]:
+    """The page of an in-memory listing (`items`, in a stable order) that `request` asks for."""
+    size = page_size(request.page_size, default=default, maximum=maximum)
+    offset = decode_offset(request.page_token, scope)
+    end = offset + size
+    return Page(items[offset:end], encode_page_token(scope, o=end) if end < len(items) else "")

@@ -6,10 +6,12 @@ graceful shutdown that lets in-flight calls (streams included) finish.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +21,7 @@ from services.runtime.authn import AccessPolicy, Authenticator
 from services.runtime.config import RuntimeConfig
 from services.runtime.interceptor import MeshInterceptor
 from services.runtime.jwt_verify import JwksCache, JwksFetcher, JwtVerifier
+from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServerMetrics
 
 log = logging.getLogger("llmmesh.server")
@@ -52,7 +55,8 @@ class MeshServer:
         self.config = config
         self.spec = spec
         self.metrics = metrics or ServerMetrics()
-        authenticator = Authenticator(verifier, config.service_token, spec.policy)
+        authenticator = Authenticator(verifier, config.service_token.get_secret_value(),
+                                      spec.policy)
         self._server = grpc.aio.server(
             interceptors=[MeshInterceptor(authenticator, self.metrics)],
             options=[
@@ -105,14 +109,47 @@ class MeshServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signalled(build: Callable[[], MeshServer]) -> None:
+ServerBuild = Callable[[], MeshServer | Awaitable[MeshServer]]
+
+
+class ServiceConfig(Protocol):
+    """A service's config object: whatever it holds, it carries the shared settings."""
+
+    @property
+    def runtime(self) -> RuntimeConfig: ...
+
+
+Config = TypeVar("Config", bound=ServiceConfig)
+
+
+def run_service(load: Callable[[], Config],
+                create: Callable[[Config], MeshServer | Awaitable[MeshServer]]) -> None:
+    """A service's `main()`: read its config, log JSON at its level, then serve what
+    `create` builds (inside the event loop; a coroutine may load models first) until
+    SIGTERM or SIGINT."""
+    config = load()
+    configure_logging(config.runtime.service, config.runtime.log_level)
+    asyncio.run(serve_until_signalled(lambda: create(config)))
+
+
+async def serve_until_signalled(build: ServerBuild) -> None:
     """Build a server inside the running loop (grpc.aio binds to it), start it and run
-    until SIGTERM or SIGINT, then stop it gracefully."""
-    server = build()
-    await server.start()
+    until SIGTERM or SIGINT, then stop it gracefully.
+
+    The signal handlers come first: a SIGTERM while the server builds or starts stops it
+    gracefully as soon as it has started, instead of killing the process.
+    """
     loop = asyncio.get_running_loop()
     stopping: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stopping.done():
+            stopping.set_result(None)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stopping.done() or stopping.set_result(None))
+        loop.add_signal_handler(signum, request_stop)
+    built = build()
+    server = await built if inspect.isawaitable(built) else built
+    await server.start()
     await stopping
     await server.stop()

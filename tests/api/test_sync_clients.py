@@ -12,7 +12,7 @@ import pytest
 from google.api import httpbody_pb2
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from services.mesh.redis_server import free_port
+from mesh.redis_server import free_port
 
 
 class FakeAuth(auth_pb2_grpc.AuthServiceServicer):

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from llmmesh.chat.v1 import chat_pb2_grpc
 
+from mesh.redis_server import LocalRedis, free_port
 from services.chat.config import ChatConfig
 from services.chat.server import create_server
-from services.mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.chat.openai_server import OpenAIServer

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import chat_command
-from services.cli.session import Endpoints, NotLoggedIn, Session
+from cli import chat_command
+from cli.session import Endpoints, NotLoggedIn, Session
 from tests.chat.openai_server import OpenAIServer
 from tests.helpers import LoggedIn
 

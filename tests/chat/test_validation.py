@@ -32,12 +32,14 @@ def _request(message: str = "hello", **options) -> chat_pb2.ChatRequest:  # type
     (_request(documents=["documents/a"]), "options.use_rag", "must be true"),
     (_request(use_rag=True, documents=["files/a"]), "options.documents[0]",
      "documents/{document}"),
+    (_request(use_rag=True, documents=["documents/" + "0" * 32, "documents/not-an-id"]),
+     "options.documents[1]", "documents/{document}"),  # the document service's ids only
     (_request(use_rag=True, collection="no spaces"), "options.collection", "letters"),
     (chat_pb2.ChatRequest(message="hi", conversation="chats/1"), "conversation",
      "conversations/{conversation}"),
 ], ids=["empty", "blank", "too-long", "hot", "cold", "nan", "zero-tokens", "many-tokens",
         "model-range", "unknown-model", "top-k", "scope-without-rag", "document-name",
-        "collection", "conversation-name"])
+        "document-id", "collection", "conversation-name"])
 async def test_invalid_requests_name_the_field(chat_stub, model_server: OpenAIServer,
                                                alice: LoggedIn, request_, field: str,
                                                says: str) -> None:  # type: ignore[no-untyped-def]

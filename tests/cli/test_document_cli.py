@@ -13,7 +13,7 @@ from tests.helpers import unique_username
 
 async def _cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *args, env=env,
+        sys.executable, "-m", "cli", *args, env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=120)

@@ -22,7 +22,7 @@ from gateway.envoy_process import EnvoyError, EnvoyProcess
 from gateway.local_edge import start_local_edge
 from gateway.ratelimit.server import create_server as create_ratelimit_server
 from gateway.spec import EdgeSpec
-from services.mesh.redis_server import LocalRedis, free_port
+from mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.conftest import mesh_env

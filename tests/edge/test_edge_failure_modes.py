@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.config import EdgeConfig, RateLimitServiceConfig
-from services.mesh.redis_server import LocalRedis, free_port
+from mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import ConfigError, Env
 from tests.conftest import mesh_env
 from tests.edge.conftest import Edge, EdgeUser, Upstream, start_test_edge

@@ -74,10 +74,11 @@ async def test_models_are_listed_with_the_default(openai_stub, alice) -> None:
     assert rest.next_page_token == ""
 
 
+# The same statuses and reasons as chat's (services/runtime/provider_errors.py).
 @pytest.mark.parametrize(("status", "code", "reason"), [
-    (429, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
-    (503, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-    (400, grpc.StatusCode.INTERNAL, "PROVIDER_ERROR"),
+    (429, grpc.StatusCode.RESOURCE_EXHAUSTED, "MODEL_RATE_LIMITED"),
+    (503, grpc.StatusCode.UNAVAILABLE, "MODEL_UNAVAILABLE"),
+    (400, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_REJECTED"),
 ])
 async def test_provider_errors_map_to_clear_statuses(provider, openai_stub, alice, status,
                                                      code, reason) -> None:
@@ -91,6 +92,8 @@ async def test_provider_errors_map_to_clear_statuses(provider, openai_stub, alic
         fake.fail_with = None
     assert caught.value.code() == code
     assert error_info(caught.value).reason == reason
+    assert error_info(caught.value).metadata["model"] == "remote-small"
+    assert error_info(caught.value).metadata["provider_status"] == str(status)
 
 
 async def test_wrong_dimension_is_caught(provider, openai_stub, alice) -> None:

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
-from services.mesh.redis_server import free_port
+from mesh.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
                LLMMESH_RATELIMIT_PORT=str(free_port()),
                LLMMESH_RATELIMIT_METRICS_PORT=str(free_port()))
     env.pop("LLMMESH_REDIS_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "services.mesh"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "mesh"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     banner: list[str] = []
     deadline = time.monotonic() + 90

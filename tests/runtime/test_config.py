@@ -23,7 +23,7 @@ def test_local_defaults(tmp_path: Path) -> None:
     assert config.default_monthly_token_limit == 100_000
     # A local run shares one generated service token through the data dir.
     again = RuntimeConfig.from_env("chat", Env({"LLMMESH_DATA_DIR": str(tmp_path)}))
-    assert len(runtime.service_token) >= 32
+    assert len(runtime.service_token.get_secret_value()) >= 32
     assert again.service_token == runtime.service_token
     assert again.auth_address == "127.0.0.1:50051"
     assert (tmp_path / "secrets" / "service-token").stat().st_mode & 0o077 == 0
@@ -74,3 +74,137 @@ def test_a_signing_key_that_is_not_p256_is_refused() -> None:
         serialization.NoEncryption())
     with pytest.raises(ConfigError, match="P-256"):
         SigningKey.from_pem(rsa_pem)
+
+
+# --- secrets stay out of repr and logs --------------------------------------------------
+
+
+SIGNING_KEY_PEM = SigningKey.generate().pem().decode()
+
+
+def test_secrets_are_not_in_repr_str_or_logs(tmp_path: Path) -> None:
+    import json as json_module
+    import logging
+
+    from services.chat.config import ChatConfig
+    from services.embedding.config import EmbeddingConfig
+    from services.runtime.logs import JsonFormatter
+
+    models = [{"id": "gpt", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-inline-secret"},
+              {"id": "llama", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "LLAMA_KEY"}]
+    embedding_models = [{"id": "te3", "provider": "openai", "dimension": 8,
+                         "base_url": "http://127.0.0.1:9/v1", "api_key_env": "TE3_KEY"}]
+    env = Env({"LLMMESH_DATA_DIR": str(tmp_path), "LLMMESH_SERVICE_TOKEN": GOOD_TOKEN,
+               "LLMMESH_AUTH_SIGNING_KEY": SIGNING_KEY_PEM,
+               "LLMMESH_REDIS_URL": "redis://:redis-password@redis:6379/0",
+               "LLMMESH_CHAT_MODELS": json_module.dumps(models), "LLAMA_KEY": "sk-env-secret",
+               "LLMMESH_EMBEDDING_MODELS": json_module.dumps(embedding_models),
+               "TE3_KEY": "sk-embedding-secret"})
+    configs = [AuthConfig.from_env(env), ChatConfig.from_env(env),
+               EmbeddingConfig.from_env(env)]
+    record = logging.makeLogRecord({"msg": "config", "levelname": "INFO", "configs": configs,
+                                    "token": configs[0].runtime.service_token})
+    shown = [repr(configs), str(configs), JsonFormatter("test").format(record)]
+    secrets = [GOOD_TOKEN, "redis-password", "sk-inline-secret", "sk-env-secret",
+               "sk-embedding-secret", SIGNING_KEY_PEM.splitlines()[1]]
+    for text in shown:
+        for secret in secrets:
+            assert secret not in text
+    # The values are all there for the code that needs them.
+    auth, chat, embedding = configs
+    assert auth.runtime.service_token.get_secret_value() == GOOD_TOKEN
+    assert auth.signing_key_pem is not None
+    assert auth.signing_key_pem.get_secret_value() == SIGNING_KEY_PEM.strip()
+    assert [m.api_key.get_secret_value() for m in chat.models[:2]] == [
+        "sk-inline-secret", "sk-env-secret"]
+    assert embedding.models[0].api_key.get_secret_value() == "sk-embedding-secret"
+
+
+def test_a_signing_key_file_is_read_as_a_secret(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(SIGNING_KEY_PEM)
+    config = AuthConfig.from_env(Env({"LLMMESH_DATA_DIR": str(tmp_path),
+                                      "LLMMESH_AUTH_SIGNING_KEY_FILE": str(key_file)}))
+    assert config.signing_key_pem is not None
+    assert config.signing_key_pem.get_secret_value() == SIGNING_KEY_PEM
+    assert SIGNING_KEY_PEM.splitlines()[1] not in repr(config)
+
+
+# --- production: every peer a service calls is named explicitly -------------------------
+
+
+PEERS = {"chat": ("auth", "document", "embedding"), "document": ("auth", "embedding"),
+         "embedding": ("auth",)}
+
+
+def _production(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"LLMMESH_ENV": "production", "LLMMESH_SERVICE_TOKEN": GOOD_TOKEN,
+            "LLMMESH_DATA_DIR": str(tmp_path), **extra}
+
+
+def _service_config(service: str, env: Env) -> object:
+    from services.chat.config import ChatConfig
+    from services.document.config import DocumentConfig
+    from services.embedding.config import EmbeddingConfig
+
+    return {"chat": ChatConfig, "document": DocumentConfig,
+            "embedding": EmbeddingConfig}[service].from_env(env)
+
+
+@pytest.mark.parametrize(("service", "missing"), [
+    (service, peer) for service, peers in PEERS.items() for peer in peers])
+def test_production_refuses_a_missing_peer_address(tmp_path: Path, service: str,
+                                                   missing: str) -> None:
+    addresses = {f"LLMMESH_{peer.upper()}_ADDRESS": f"{peer}:1" for peer in PEERS[service]
+                 if peer != missing}
+    variable = f"LLMMESH_{missing.upper()}_ADDRESS"
+    with pytest.raises(ConfigError, match=rf"^{variable} is required when "
+                                          rf"LLMMESH_ENV=production \({service} calls {missing}\)"):
+        _service_config(service, Env(_production(tmp_path, **addresses)))
+
+
+@pytest.mark.parametrize("service", sorted(PEERS))
+def test_production_with_every_peer_address(tmp_path: Path, service: str) -> None:
+    addresses = {f"LLMMESH_{peer.upper()}_ADDRESS": f"{peer}:1" for peer in PEERS[service]}
+    config = _service_config(service, Env(_production(tmp_path, **addresses)))
+    runtime = config.runtime  # type: ignore[attr-defined]
+    assert runtime.production and runtime.auth_address == "auth:1"
+    for peer in PEERS[service]:
+        if peer != "auth":
+            assert getattr(config, f"{peer}_address") == f"{peer}:1"
+
+
+def test_auth_calls_no_peer_and_local_runs_default_to_this_host(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(SIGNING_KEY_PEM)
+    auth = AuthConfig.from_env(Env(_production(
+        tmp_path, LLMMESH_AUTH_SIGNING_KEY_FILE=str(key_file))))
+    assert auth.runtime.production
+    from services.chat.config import ChatConfig
+
+    local = ChatConfig.from_env(Env({"LLMMESH_DATA_DIR": str(tmp_path),
+                                     "LLMMESH_DOCUMENT_PORT": "6000"}))
+    assert (local.runtime.auth_address, local.document_address, local.embedding_address) == (
+        "127.0.0.1:50051", "127.0.0.1:6000", "127.0.0.1:50054")
+
+
+# --- Env ---------------------------------------------------------------------------------
+
+
+def test_env_reads_typed_values() -> None:
+    env = Env({"A": " text ", "N": "7", "F": "0.5", "B": "Yes", "BLANK": "  ", "S": "hush"})
+    assert (env.text("A"), env.text("MISSING", "fallback")) == ("text", "fallback")
+    assert (env.optional("BLANK"), env.optional("A")) == (None, "text")
+    assert (env.integer("N", 1, maximum=7), env.integer("MISSING", 3)) == (7, 3)
+    assert (env.number("F", 1.0), env.flag("B", False), env.flag("MISSING", True)) == (
+        0.5, True, True)
+    secret = env.secret("S")
+    assert secret is not None and secret.get_secret_value() == "hush"
+    assert "hush" not in repr(secret) and env.secret("BLANK") is None
+    for read, message in [(lambda: env.text("MISSING"), "MISSING is required"),
+                          (lambda: env.integer("A", 1), "A must be an integer"),
+                          (lambda: env.integer("N", 1, minimum=8), "N must be at least 8"),
+                          (lambda: env.number("A", 1.0), "A must be a number"),
+                          (lambda: env.flag("A", False), "A must be true or false")]:
+        with pytest.raises(ConfigError, match=message):
+            read()

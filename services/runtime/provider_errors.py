@@ -1,13 +1,23 @@
-"""Model provider failures as domain errors.
+"""Model provider (openai SDK) failures as domain errors, the same in every service
+that calls a provider (chat's chat models, embedding's OpenAI-compatible models).
 
-    rate limited (429)          -> RESOURCE_EXHAUSTED + RetryInfo (Retry-After, else 1 s)
-    down (5xx, refused, reset)  -> UNAVAILABLE + RetryInfo
-    timed out                   -> DEADLINE_EXCEEDED
-    refused the request (4xx)   -> FAILED_PRECONDITION (a model misconfigured or the
-                                   prompt refused; the status is in the metadata)
+    rate limited (429)          RESOURCE_EXHAUSTED  MODEL_RATE_LIMITED + RetryInfo
+                                                    (Retry-After, else 1 s)
+    down (5xx)                  UNAVAILABLE         MODEL_UNAVAILABLE + RetryInfo (likewise)
+    unreachable, or failed      UNAVAILABLE         MODEL_UNAVAILABLE + RetryInfo (1 s)
+    mid-answer
+    timed out                   DEADLINE_EXCEEDED   MODEL_TIMEOUT
+    refused the request (4xx)   FAILED_PRECONDITION MODEL_REJECTED (a model misconfigured,
+                                                    or the input refused)
+
+Every error names the model (`model`) in its metadata, and an HTTP answer its status
+(`provider_status`). Importing this module imports openai: import it where a provider
+is used.
 """
 
 from __future__ import annotations
+
+import math
 
 import httpx2
 import openai
@@ -25,11 +35,13 @@ MAX_RETRY_SECONDS = 3600.0
 
 
 def provider_error(error: BaseException, model: str) -> LlmmeshError | None:
-    """The domain error for a provider failure; None for anything else."""
+    """Our error for a failure calling `model`'s provider; a domain error stays as it is,
+    and anything else is None (not a provider failure: the caller decides)."""
     if isinstance(error, LlmmeshError):
         return error
     meta = {"model": model}
     if isinstance(error, openai.RateLimitError):
+        meta["provider_status"] = str(error.status_code)
         return ResourceExhausted(f"model {model!r} is rate limited; retry later",
                                  reason="MODEL_RATE_LIMITED", metadata=meta,
                                  retry_after_seconds=_retry_after(error.response))
@@ -59,5 +71,7 @@ def _retry_after(response: httpx2.Response) -> float:
     try:
         seconds = float(raw)
     except ValueError:
+        return DEFAULT_RETRY_SECONDS
+    if not math.isfinite(seconds):  # "nan" and "inf" parse as floats
         return DEFAULT_RETRY_SECONDS
     return min(max(seconds, 0.0), MAX_RETRY_SECONDS)

@@ -38,7 +38,7 @@ class Endpoints:
 def credentials_path(env: Env | None = None) -> Path:
     env = env or Env()
     default = Path.home() / ".config" / "llmmesh" / "credentials.json"
-    return Path(env.str("LLMMESH_CLI_CREDENTIALS", str(default)))
+    return Path(env.text("LLMMESH_CLI_CREDENTIALS", str(default)))
 
 
 class NotLoggedIn(Exception):

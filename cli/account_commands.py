@@ -9,7 +9,7 @@ import sys
 import grpc
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from services.cli.session import Endpoints, Session
+from cli.session import Endpoints, Session
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

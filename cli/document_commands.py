@@ -11,7 +11,7 @@ from typing import TextIO
 import grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
-from services.cli.session import Endpoints, Session
+from cli.session import Endpoints, Session
 
 BAR_WIDTH = 30
 

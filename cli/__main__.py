@@ -8,8 +8,8 @@ import sys
 
 import grpc
 
-from services.cli import account_commands, chat_command, document_commands
-from services.cli.session import Endpoints, NotLoggedIn, Session, credentials_path
+from cli import account_commands, chat_command, document_commands
+from cli.session import Endpoints, NotLoggedIn, Session, credentials_path
 
 COMMAND_MODULES = {"register": account_commands, "login": account_commands,
                    "logout": account_commands, "whoami": account_commands,

@@ -29,7 +29,7 @@ from gateway.config import RATELIMIT_METRICS_PORT, EdgeConfig, ratelimit_address
 from gateway.envoy_process import EnvoyError
 from gateway.local_edge import start_local_edge
 from gateway.spec import LLMMESH_SPEC
-from services.mesh.redis_server import LocalRedis
+from mesh.redis_server import LocalRedis
 from services.runtime.config import DEFAULT_PORTS, Env, endpoint
 
 SERVICES = ("auth", "embedding", "document", "chat")
@@ -53,7 +53,7 @@ class Mesh:
         self.env = env
         self.out = out
         reader = Env(env)
-        self.data_dir = Path(reader.str("LLMMESH_DATA_DIR", ".data")).resolve()
+        self.data_dir = Path(reader.text("LLMMESH_DATA_DIR", ".data")).resolve()
         self.env["LLMMESH_DATA_DIR"] = str(self.data_dir)
         self.redis: LocalRedis | None = None
         self.children: list[Child] = []
@@ -62,21 +62,21 @@ class Mesh:
     def start(self) -> None:
         reader = Env(self.env)
         if reader.optional("LLMMESH_REDIS_URL") is None:
-            port = reader.int("LLMMESH_REDIS_PORT", 6380, minimum=1, maximum=65535)
+            port = reader.integer("LLMMESH_REDIS_PORT", 6380, minimum=1, maximum=65535)
             self.redis = LocalRedis(self.data_dir / "redis", port,
                                     binary=_optional_path(reader.optional("LLMMESH_REDIS_SERVER")))
             self.redis.start()
             self.env["LLMMESH_REDIS_URL"] = self.redis.url
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        host = reader.str("LLMMESH_LISTEN_HOST", "127.0.0.1")
+        host = reader.text("LLMMESH_LISTEN_HOST", "127.0.0.1")
         for name in SERVICES:
             where = endpoint(reader, name, host)
             self._spawn(name, f"services.{name}", where.address, where.metrics_port, logs)
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for child in self.children:
             self._wait_serving(child, deadline)
-        metrics_port = reader.int("LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT,
+        metrics_port = reader.integer("LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT,
                                   minimum=0, maximum=65535)
         limiter = self._spawn("ratelimit", "gateway.ratelimit", ratelimit_address(reader, host),
                               metrics_port, logs)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
-from services.cli.session import Endpoints, Session
+from cli.session import Endpoints, Session
 
 PROMPT = "you> "
 

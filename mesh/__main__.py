@@ -1,0 +1,5 @@
+import sys
+
+from mesh.launcher import main
+
+sys.exit(main())

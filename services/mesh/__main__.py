@@ -1,5 +1,0 @@
-import sys
-
-from services.mesh.launcher import main
-
-sys.exit(main())
