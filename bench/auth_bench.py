@@ -18,6 +18,7 @@ Run from the repository root: `.venv/bin/python bench/auth_bench.py`.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import statistics
@@ -105,7 +106,7 @@ def unique_username(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-async def register(stub: auth_pb2_grpc.AuthServiceStub, username: str) -> None:
+async def register(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str) -> None:
     await stub.CreateUser(auth_pb2.CreateUserRequest(
         user=auth_pb2.User(username=username, email=f"{username}@example.com"),
         password=PASSWORD), timeout=30)
@@ -133,7 +134,7 @@ async def part_jwt(redis: LocalRedis, data_dir: Path) -> None:
     key = SigningKey.generate()
     issuer = AccessTokenIssuer(key, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=900)
     token = issuer.issue(uuid.uuid4().hex, "bench-user").token
-    document = json.loads(jwks_document([key]))
+    document: dict[str, Any] = json.loads(jwks_document([key]))
 
     async def fetch() -> dict[str, Any]:
         return document
@@ -319,10 +320,12 @@ async def probe_health(address: str, stop: asyncio.Event) -> list[float]:
     async with grpc.aio.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
-        await health.Check(request, timeout=5)  # connect before measuring
+        # types-grpcio-health-checking's HealthStub declares no methods (the generated
+        # class sets them in __init__).
+        await health.Check(request, timeout=5)  # type: ignore[attr-defined]  # connect first
         while not stop.is_set():
             started = time.perf_counter()
-            reply = await health.Check(request, timeout=10)
+            reply = await health.Check(request, timeout=10)  # type: ignore[attr-defined]
             elapsed = time.perf_counter() - started
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             latencies.append(elapsed * 1000.0)
@@ -406,7 +409,7 @@ def main() -> None:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     print("llmmesh auth benchmark")
     print(f"cores: {cores} (usable by this process: {usable}); python {sys.version.split()[0]}; "
-          f"grpcio {grpc.__version__}; bcrypt {bcrypt.__version__}")
+          f"grpcio {grpc.__version__}; bcrypt {importlib.metadata.version('bcrypt')}")
     print(f"load average before the run: {load_average()}  (other work on the machine "
           f"skews every figure; rerun when it is near 0)")
     started = time.perf_counter()

@@ -39,7 +39,10 @@ async def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s
             if process.poll() is not None:
                 raise ProcessExited(f"{what} exited:\n{log_tail()}")
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                # types-grpcio-health-checking's HealthStub declares no methods (the
+                # generated class sets them in __init__).
+                reply = await health.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:

@@ -36,6 +36,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,7 +90,11 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> N
             if process.poll() is not None:
                 raise RuntimeError(f"{address} exited: {log.read_text()[-2000:]}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                # types-grpcio-health-checking's HealthStub declares no methods (the
+                # generated class sets them in __init__).
+                answer = stub.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == 1:
                     return
             except grpc.RpcError:
                 time.sleep(0.2)
@@ -128,12 +133,12 @@ async def concurrently(workers: int, total: int, once: Callable[[], Awaitable[fl
 
 
 class Bench:
-    def __init__(self, chat: chat_pb2_grpc.ChatServiceStub, metadata: tuple[tuple[str, str]],
-                 model_url: str) -> None:
+    def __init__(self, chat: chat_pb2_grpc.ChatServiceAsyncStub,
+                 metadata: tuple[tuple[str, str], ...], model_url: str) -> None:
         self.chat = chat
         self.metadata = metadata
         self.model_url = model_url
-        self.direct = ChatOpenAI(model="short", base_url=model_url, api_key="k",
+        self.direct = ChatOpenAI(model="short", base_url=model_url, api_key=SecretStr("k"),
                                  stream_usage=True, max_retries=0)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256))
 

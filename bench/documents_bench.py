@@ -454,7 +454,7 @@ class EmbedResult:
     tokens: int
 
 
-async def embed(stub: embedding_pb2_grpc.EmbeddingServiceStub, user: User,
+async def embed(stub: embedding_pb2_grpc.EmbeddingServiceAsyncStub, user: User,
                 texts: Sequence[str]) -> EmbedResult:
     reply = await stub.Embed(embedding_pb2.EmbedRequest(texts=list(texts)),
                              metadata=user.metadata, timeout=RPC_TIMEOUT_S)
@@ -516,7 +516,7 @@ class IngestRun:
     foreign_cores: float
 
 
-async def ingest_all(stub: document_pb2_grpc.DocumentServiceStub, user: User,
+async def ingest_all(stub: document_pb2_grpc.DocumentServiceAsyncStub, user: User,
                      corpus: Corpus, collection: str, concurrency: int,
                      services: Sequence[ServiceProcess]) -> IngestRun:
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -562,7 +562,7 @@ class Alone:
     vectors: list[list[list[float]]]  # per document
 
 
-async def embed_and_store_alone(embed_stub: embedding_pb2_grpc.EmbeddingServiceStub,
+async def embed_and_store_alone(embed_stub: embedding_pb2_grpc.EmbeddingServiceAsyncStub,
                                 embedding: ServiceProcess, user: User, corpus: Corpus,
                                 scratch: Path) -> Alone:
     """The pipeline's two heavy steps on their own, sequentially, on the same chunks:
@@ -707,7 +707,7 @@ async def part_ingestion(mesh: Mesh, user: User, corpus: Corpus,
 # ---------------------------------------------------------------- part 2: batch sizes
 
 
-async def throughput(stub: embedding_pb2_grpc.EmbeddingServiceStub, user: User,
+async def throughput(stub: embedding_pb2_grpc.EmbeddingServiceAsyncStub, user: User,
                      texts: Sequence[str], batch_size: int) -> tuple[float, float, float]:
     """(texts/s, median ms per call, tokens per text) embedding `texts` in `batch_size`s."""
     calls: list[float] = []

@@ -180,7 +180,10 @@ async def wait_serving(address: str, within: float = STARTUP_SECONDS,
                 if not health:
                     await asyncio.wait_for(channel.channel_ready(), 1)
                     return
-                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                # types-grpcio-health-checking's HealthStub declares no methods (the
+                # generated class sets them in __init__).
+                answer = await stub.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except (grpc.aio.AioRpcError, TimeoutError):
@@ -265,6 +268,7 @@ async def unary(stack: Stack, rounds: int) -> str:
 
 async def streaming(stack: Stack, rounds: int, bearer: str) -> None:
     from google.protobuf import descriptor_pb2
+    from google.protobuf.message import Message
 
     from gateway.descriptors import build_pool, message_class
 
@@ -276,9 +280,10 @@ async def streaming(stack: Stack, rounds: int, bearer: str) -> None:
     edge = f"http://127.0.0.1:{stack.ports['edge']}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports['upstream']}") as channel, \
             aiohttp.ClientSession() as http:
-        method = channel.unary_stream("/edgetest.v1.EdgeTestService/Stream",
-                                      request_serializer=lambda m: m.SerializeToString(),
-                                      response_deserializer=event_class.FromString)
+        method: grpc.aio.UnaryStreamMultiCallable[Message, Message] = channel.unary_stream(
+            "/edgetest.v1.EdgeTestService/Stream",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=event_class.FromString)
 
         async def direct() -> None:
             call = method(request_class(count=20), timeout=10)
@@ -311,7 +316,7 @@ async def chat_ttft(stack: Stack, rounds: int, bearer: str) -> None:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
 
         async def direct() -> None:
-            call = stub.StreamChat(chat_pb2.StreamChatRequest(**question),
+            call = stub.StreamChat(chat_pb2.StreamChatRequest(message=question["message"]),
                                    metadata=(("authorization", bearer),), timeout=30)
             async for event in call:
                 if event.WhichOneof("event") == "delta":

@@ -5,16 +5,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Protocol
 
 import grpc
 
 from cli import account_commands, chat_command, document_commands
 from cli.session import Endpoints, NotLoggedIn, Session, credentials_path
 
-COMMAND_MODULES = {"register": account_commands, "login": account_commands,
-                   "logout": account_commands, "whoami": account_commands,
-                   "ingest": document_commands, "search": document_commands,
-                   "chat": chat_command}
+
+class CommandModule(Protocol):
+    """A module that runs `llmmesh` commands: its `run` returns the exit status."""
+
+    async def run(self, args: argparse.Namespace, endpoints: Endpoints,
+                  session: Session) -> int: ...
+
+
+COMMAND_MODULES: dict[str, CommandModule] = {
+    "register": account_commands, "login": account_commands,
+    "logout": account_commands, "whoami": account_commands,
+    "ingest": document_commands, "search": document_commands,
+    "chat": chat_command}
 
 
 def _parser() -> argparse.ArgumentParser:

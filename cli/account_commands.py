@@ -12,7 +12,7 @@ from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from cli.session import Endpoints, Session
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, helptext in [("register", "create an account"), ("login", "log in")]:
         parser = commands.add_parser(name, help=helptext)
         parser.add_argument("username")

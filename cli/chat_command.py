@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -21,7 +21,8 @@ from cli.session import Endpoints, Session
 PROMPT = "you> "
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
+               ) -> argparse.ArgumentParser:
     """Register `chat` on the `llmmesh` command's subparsers."""
     parser = subparsers.add_parser("chat", help="interactive streaming chat",
                                    description=__doc__.splitlines()[0])
@@ -60,8 +61,9 @@ async def run(args: argparse.Namespace, endpoints: Endpoints, session: Session) 
 class Conversation:
     """One conversation: sends messages and renders their streamed answers."""
 
-    def __init__(self, stub: chat_pb2_grpc.ChatServiceStub, metadata: tuple[tuple[str, str]],
-                 options: chat_pb2.ChatOptions, conversation: str, out: TextIO) -> None:
+    def __init__(self, stub: chat_pb2_grpc.ChatServiceAsyncStub,
+                 metadata: tuple[tuple[str, str], ...], options: chat_pb2.ChatOptions,
+                 conversation: str, out: TextIO) -> None:
         self._stub = stub
         self._metadata = metadata
         self._options = options

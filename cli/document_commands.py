@@ -16,7 +16,7 @@ from cli.session import Endpoints, Session
 BAR_WIDTH = 30
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest = commands.add_parser("ingest", help="upload files (PDF, text, Markdown)")
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--collection", default="", help="collection to store them in")
@@ -32,7 +32,7 @@ def progress_bar(filename: str, done: int, total: int, stage: str) -> str:
            f"{done:>5}/{total:<5} {stage:<9}"
 
 
-async def ingest(stub: document_pb2_grpc.DocumentServiceStub, path: Path, collection: str,
+async def ingest(stub: document_pb2_grpc.DocumentServiceAsyncStub, path: Path, collection: str,
                  metadata: tuple[tuple[str, str], ...], out: TextIO) -> bool:
     """Upload one file, drawing its progress; True when it landed."""
     request = document_pb2.IngestDocumentRequest(

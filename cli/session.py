@@ -63,9 +63,12 @@ class Session:
 
     def load(self) -> dict[str, object]:
         try:
-            return json.loads(self._path.read_text(encoding="utf-8"))
+            data = json.loads(self._path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise NotLoggedIn("not logged in: run `llmmesh login`") from None
+        if not isinstance(data, dict):  # not a file `save` wrote
+            raise NotLoggedIn("not logged in: run `llmmesh login`")
+        return data
 
     def forget(self) -> None:
         self._path.unlink(missing_ok=True)
@@ -73,7 +76,10 @@ class Session:
     async def metadata(self) -> tuple[tuple[str, str], ...]:
         """`authorization` metadata with a fresh access token (refreshing if needed)."""
         data = self.load()
-        if float(data["access_expires"]) - REFRESH_MARGIN_SECONDS < time.time():  # type: ignore[arg-type]
+        expires = data.get("access_expires")
+        if not isinstance(expires, int | float):  # not a file `save` wrote
+            raise NotLoggedIn("not logged in: run `llmmesh login`")
+        if expires - REFRESH_MARGIN_SECONDS < time.time():
             async with grpc.aio.insecure_channel(self._auth_address) as channel:
                 try:
                     refreshed = await auth_pb2_grpc.AuthServiceStub(channel).RefreshToken(

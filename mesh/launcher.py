@@ -136,7 +136,10 @@ class Mesh:
                     raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n"
                                        + _tail(child.log_path))
                 try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    # types-grpcio-health-checking's HealthStub declares no methods (the
+                    # generated class sets them in __init__).
+                    answer = stub.Check(  # type: ignore[attr-defined]
+                        health_pb2.HealthCheckRequest(), timeout=1)
                     if answer.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:

@@ -1,13 +1,38 @@
-"""Test helpers: reading rich error details, registering users, minting tokens."""
+"""Test helpers: reading rich error details, registering users, minting tokens, and
+awaiting an outcome another process or a detached task produces."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *,
+                     within: float = 10.0, what: str = "the outcome") -> T:
+    """Await `probe()` until `done(value)`; the value, or AssertionError after `within` s.
+
+    For outcomes the test cannot await directly: work in another process, or a task the
+    server detached after answering. Checks as fast as the event loop allows (a few ms
+    apart), so the test waits exactly as long as the work takes, not a guessed time.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within:g} s: {value!r}")
+        await asyncio.sleep(0.005)
 
 
 def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:

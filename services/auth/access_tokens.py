@@ -28,6 +28,7 @@ class AccessTokenIssuer:
 
     def issue(self, user_id: str, username: str) -> IssuedAccessToken:
         now = int(time.time())
+        expires = now + self._ttl
         claims = {
             "iss": self._issuer,
             "aud": self._audience,
@@ -35,9 +36,9 @@ class AccessTokenIssuer:
             "username": username,
             "iat": now,
             "nbf": now,
-            "exp": now + self._ttl,
+            "exp": expires,
             "jti": uuid.uuid4().hex,
         }
         token = jwt.encode(claims, self._key.private_key, algorithm=ALGORITHM,
                            headers={"kid": self._key.kid})
-        return IssuedAccessToken(token=token, expire_time=float(claims["exp"]))
+        return IssuedAccessToken(token=token, expire_time=float(expires))

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar, TypeVarTuple
 
 import bcrypt
+
+Args = TypeVarTuple("Args")
+Result = TypeVar("Result")
 
 
 class PasswordHasher:
@@ -30,7 +35,7 @@ class PasswordHasher:
         matches = await self._run(bcrypt.checkpw, password.encode("utf-8"), target)
         return bool(matches) and hashed is not None
 
-    async def _run(self, function, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, function: Callable[[*Args], Result], *args: *Args) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     def close(self) -> None:

@@ -29,29 +29,40 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._ledger = ledger
         self._jwks = jwks
 
-    async def CreateUser(self, request: auth_pb2.CreateUserRequest,
-                         context: grpc.aio.ServicerContext) -> auth_pb2.User:
+    async def CreateUser(
+            self, request: auth_pb2.CreateUserRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.CreateUserRequest, auth_pb2.User],
+    ) -> auth_pb2.User:
         record = await self._accounts.register(request.user.username, request.user.email,
                                                request.password)
         return await self._user(record)
 
-    async def Login(self, request: auth_pb2.LoginRequest,
-                    context: grpc.aio.ServicerContext) -> auth_pb2.LoginResponse:
+    async def Login(
+            self, request: auth_pb2.LoginRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.LoginRequest, auth_pb2.LoginResponse],
+    ) -> auth_pb2.LoginResponse:
         session = await self._accounts.login(request.username, request.password)
         return auth_pb2.LoginResponse(tokens=_tokens(session), user=await self._user(session.user))
 
-    async def RefreshToken(self, request: auth_pb2.RefreshTokenRequest,
-                           context: grpc.aio.ServicerContext) -> auth_pb2.RefreshTokenResponse:
+    async def RefreshToken(
+            self, request: auth_pb2.RefreshTokenRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.RefreshTokenRequest,
+                                              auth_pb2.RefreshTokenResponse],
+    ) -> auth_pb2.RefreshTokenResponse:
         session = await self._accounts.refresh(request.refresh_token)
         return auth_pb2.RefreshTokenResponse(tokens=_tokens(session))
 
-    async def Logout(self, request: auth_pb2.LogoutRequest,
-                     context: grpc.aio.ServicerContext) -> auth_pb2.LogoutResponse:
+    async def Logout(
+            self, request: auth_pb2.LogoutRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.LogoutRequest, auth_pb2.LogoutResponse],
+    ) -> auth_pb2.LogoutResponse:
         await self._accounts.logout(current_user().subject, request.refresh_token)
         return auth_pb2.LogoutResponse()
 
-    async def GetUser(self, request: auth_pb2.GetUserRequest,
-                      context: grpc.aio.ServicerContext) -> auth_pb2.User:
+    async def GetUser(
+            self, request: auth_pb2.GetUserRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.GetUserRequest, auth_pb2.User],
+    ) -> auth_pb2.User:
         match = _USER_NAME.match(request.name)
         if match is None:
             raise InvalidArgument([FieldViolation("name", "must be users/me or users/{user}")])
@@ -61,8 +72,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise NotFound("user", request.name)
         return await self._user(record)
 
-    async def GetUsage(self, request: auth_pb2.GetUsageRequest,
-                       context: grpc.aio.ServicerContext) -> auth_pb2.Usage:
+    async def GetUsage(
+            self, request: auth_pb2.GetUsageRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.GetUsageRequest, auth_pb2.Usage],
+    ) -> auth_pb2.Usage:
         match = _USAGE_NAME.match(request.name)
         if match is None:
             raise InvalidArgument([FieldViolation(
@@ -77,8 +90,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             tokens_reserved=snapshot.reserved, token_limit=snapshot.limit,
             tokens_remaining=snapshot.remaining)
 
-    async def GetJwks(self, request: auth_pb2.GetJwksRequest,
-                      context: grpc.aio.ServicerContext) -> httpbody_pb2.HttpBody:
+    async def GetJwks(
+            self, request: auth_pb2.GetJwksRequest,
+            context: grpc.aio.ServicerContext[auth_pb2.GetJwksRequest, httpbody_pb2.HttpBody],
+    ) -> httpbody_pb2.HttpBody:
         return httpbody_pb2.HttpBody(content_type="application/json", data=self._jwks)
 
     async def _user(self, record: UserRecord) -> auth_pb2.User:
@@ -95,8 +110,11 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     def __init__(self, ledger: QuotaLedger) -> None:
         self._ledger = ledger
 
-    async def ReserveTokens(self, request: quota_pb2.ReserveTokensRequest,
-                            context: grpc.aio.ServicerContext) -> quota_pb2.ReserveTokensResponse:
+    async def ReserveTokens(
+            self, request: quota_pb2.ReserveTokensRequest,
+            context: grpc.aio.ServicerContext[quota_pb2.ReserveTokensRequest,
+                                              quota_pb2.ReserveTokensResponse],
+    ) -> quota_pb2.ReserveTokensResponse:
         check_fields([_user_id_violation(request.user_id, "user_id"),
                 _tokens_violation(request.tokens, "tokens", minimum=1)])
         ttl = request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None
@@ -108,7 +126,9 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def ExtendReservation(
             self, request: quota_pb2.ExtendReservationRequest,
-            context: grpc.aio.ServicerContext) -> quota_pb2.ExtendReservationResponse:
+            context: grpc.aio.ServicerContext[quota_pb2.ExtendReservationRequest,
+                                              quota_pb2.ExtendReservationResponse],
+    ) -> quota_pb2.ExtendReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id"),
                 _tokens_violation(request.additional_tokens, "additional_tokens", minimum=1)])
         hold, snapshot = await self._ledger.extend(request.reservation_id,
@@ -118,7 +138,9 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def SettleReservation(
             self, request: quota_pb2.SettleReservationRequest,
-            context: grpc.aio.ServicerContext) -> quota_pb2.SettleReservationResponse:
+            context: grpc.aio.ServicerContext[quota_pb2.SettleReservationRequest,
+                                              quota_pb2.SettleReservationResponse],
+    ) -> quota_pb2.SettleReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id"),
                 _tokens_violation(request.used_tokens, "used_tokens", minimum=0)])
         snapshot = await self._ledger.settle(request.reservation_id, request.used_tokens)
@@ -127,13 +149,18 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
 
     async def ReleaseReservation(
             self, request: quota_pb2.ReleaseReservationRequest,
-            context: grpc.aio.ServicerContext) -> quota_pb2.ReleaseReservationResponse:
+            context: grpc.aio.ServicerContext[quota_pb2.ReleaseReservationRequest,
+                                              quota_pb2.ReleaseReservationResponse],
+    ) -> quota_pb2.ReleaseReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id")])
         snapshot = await self._ledger.release(request.reservation_id)
         return quota_pb2.ReleaseReservationResponse(state=_state(snapshot))
 
-    async def SetTokenLimit(self, request: quota_pb2.SetTokenLimitRequest,
-                            context: grpc.aio.ServicerContext) -> quota_pb2.SetTokenLimitResponse:
+    async def SetTokenLimit(
+            self, request: quota_pb2.SetTokenLimitRequest,
+            context: grpc.aio.ServicerContext[quota_pb2.SetTokenLimitRequest,
+                                              quota_pb2.SetTokenLimitResponse],
+    ) -> quota_pb2.SetTokenLimitResponse:
         check_fields([_user_id_violation(request.user_id, "user_id"),
                 _tokens_violation(request.monthly_token_limit, "monthly_token_limit",
                                   minimum=0, maximum=10**12)])

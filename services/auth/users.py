@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.runtime.redis_client import text, text_hash
+
 _PREFIX = "auth:{users}"
 
 _CREATE = """
@@ -64,7 +66,7 @@ class UserStore:
         return bool(await self._redis.exists(_username_key(username)))
 
     async def get(self, user_id: str) -> UserRecord | None:
-        fields = await self._redis.hgetall(_user_key(user_id))
+        fields = text_hash(await self._redis.hgetall(_user_key(user_id)))
         if not fields:
             return None
         return UserRecord(id=fields["id"], username=fields["username"], email=fields["email"],
@@ -75,7 +77,7 @@ class UserStore:
         key = (_email_key(username_or_email) if "@" in username_or_email
                else _username_key(username_or_email))
         user_id = await self._redis.get(key)
-        return None if user_id is None else await self.get(user_id)
+        return None if user_id is None else await self.get(text(user_id))
 
 
 def _user_key(user_id: str) -> str:

@@ -11,6 +11,7 @@ or list).
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.chat.events import Source, Usage
 from services.chat.prompts import HistoryMessage
+from services.runtime.redis_client import scored_members, text_hash
 
 TITLE_CHARS = 60
 
@@ -98,7 +100,7 @@ class ConversationStore:
         self._append = redis.register_script(_APPEND)
 
     async def get(self, user: str, conversation: str) -> ConversationRecord | None:
-        fields = await self._redis.hgetall(_conversation_key(user, conversation))
+        fields = text_hash(await self._redis.hgetall(_conversation_key(user, conversation)))
         return _record(conversation, fields) if fields else None
 
     async def history(self, user: str, conversation: str,
@@ -141,11 +143,11 @@ class ConversationStore:
             score, last_id = after
             same = await self._redis.zrange(index, score, score, desc=True, byscore=True,
                                             withscores=True)
-            ties = [(member, s) for member, s in same if member < last_id]
+            ties = [(member, s) for member, s in scored_members(same) if member < last_id]
             rest = await self._redis.zrange(index, f"({score}", "-inf", desc=True,
                                             byscore=True, offset=0, num=size + 1,
                                             withscores=True)
-        ids = [member for member, _ in [*ties, *rest]][:size + 1]
+        ids = [member for member, _ in [*ties, *scored_members(rest)]][:size + 1]
         async with self._redis.pipeline(transaction=False) as pipe:
             for conversation in ids:
                 pipe.hgetall(_conversation_key(user, conversation))
@@ -153,8 +155,9 @@ class ConversationStore:
         records = [_record(c, f) for c, f in zip(ids, found, strict=True) if f]
         return records[:size], len(ids) > size
 
+    # builtins.list: in this class, `list` is the method above.
     async def messages(self, user: str, conversation: str, offset: int,
-                       size: int) -> tuple[list[MessageRecord], bool] | None:
+                       size: int) -> tuple[builtins.list[MessageRecord], bool] | None:
         """Messages oldest first from `offset`; None when the conversation is gone."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(_conversation_key(user, conversation))

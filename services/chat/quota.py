@@ -14,7 +14,7 @@ import contextvars
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -26,6 +26,9 @@ from services.runtime.rpc_errors import from_peer
 log = logging.getLogger("llmmesh.chat.quota")
 
 SETTLE_TIMEOUT_SECONDS = 5.0
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
 
 
 @dataclass
@@ -90,7 +93,8 @@ class QuotaClient:
         task.add_done_callback(self._detached.discard)
         return task
 
-    async def _call(self, method: Any, request: Any, what: str) -> None:
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+                    request: RequestT, what: str) -> None:
         try:
             await method(request, timeout=SETTLE_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:

@@ -10,16 +10,11 @@ import grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from services.chat.events import Source
-from services.runtime.embedding_client import EmbeddingClient
 from services.runtime.rpc_errors import from_peer
 
-__all__ = ["DocumentSearch", "RemoteEmbedder"]
+__all__ = ["DocumentSearch"]
 
 MAX_QUERY_CHARS = 2000  # SearchDocuments' limit
-
-# services/chat/server.py's name for the shared client; it can import EmbeddingClient
-# from services.runtime.embedding_client directly, and then this alias goes.
-RemoteEmbedder = EmbeddingClient
 
 
 class DocumentSearch:

@@ -9,10 +9,11 @@ from services.chat.config import ChatConfig
 from services.chat.conversations import ConversationStore
 from services.chat.quota import QuotaClient
 from services.chat.registry import ModelRegistry
-from services.chat.retrieval import DocumentSearch, RemoteEmbedder
+from services.chat.retrieval import DocumentSearch
 from services.chat.servicer import ChatServicer
 from services.chat.turns import ChatEngine
 from services.runtime.authn import AccessPolicy
+from services.runtime.embedding_client import EmbeddingClient
 from services.runtime.jwks_client import remote_jwks_fetcher
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client
@@ -33,7 +34,7 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
     redis = redis_client(runtime.redis_url)
     quota = QuotaClient(auth, config.reservation_ttl_seconds)
     engine = ChatEngine(
-        ModelRegistry(config.models, config.default_model, RemoteEmbedder(embeddings)),
+        ModelRegistry(config.models, config.default_model, EmbeddingClient(embeddings)),
         ConversationStore(redis, config.retention_seconds), quota, DocumentSearch(documents),
         history_turns=config.history_turns, max_message_chars=config.max_message_chars)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import grpc
@@ -48,8 +48,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, engine: ChatEngine) -> None:
         self._engine = engine
 
-    async def Chat(self, request: chat_pb2.ChatRequest,
-                   context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
+    async def Chat(
+            self, request: chat_pb2.ChatRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.ChatRequest, chat_pb2.ChatResponse],
+    ) -> chat_pb2.ChatResponse:
         turn = await self._engine.prepare(current_user().subject, _turn_request(request))
         async with aclosing(self._engine.run(turn)) as events:
             async for event in events:
@@ -63,38 +65,49 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason])
         raise AssertionError("a turn always ends with Finished or Failed")
 
-    async def StreamChat(self, request: chat_pb2.StreamChatRequest,
-                         context: grpc.aio.ServicerContext
-                         ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+    async def StreamChat(
+            self, request: chat_pb2.StreamChatRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.StreamChatRequest,
+                                              chat_pb2.StreamChatResponse],
+    ) -> AsyncGenerator[chat_pb2.StreamChatResponse, None]:
         turn = await self._engine.prepare(current_user().subject, _turn_request(request))
         async with aclosing(self._engine.run(turn)) as events:
             async for event in events:
                 yield _stream_event(event)
 
-    async def GetConversation(self, request: chat_pb2.GetConversationRequest,
-                              context: grpc.aio.ServicerContext) -> chat_pb2.Conversation:
+    async def GetConversation(
+            self, request: chat_pb2.GetConversationRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.GetConversationRequest,
+                                              chat_pb2.Conversation],
+    ) -> chat_pb2.Conversation:
         found = await self._engine.store.get(current_user().subject,
                                              conversation_id(request.name))
         if found is None:
             raise NotFound("conversation", request.name)
         return _conversation(found)
 
-    async def ListConversations(self, request: chat_pb2.ListConversationsRequest,
-                                context: grpc.aio.ServicerContext
-                                ) -> chat_pb2.ListConversationsResponse:
+    async def ListConversations(
+            self, request: chat_pb2.ListConversationsRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.ListConversationsRequest,
+                                              chat_pb2.ListConversationsResponse],
+    ) -> chat_pb2.ListConversationsResponse:
         size = page_size(request.page_size, default=20, maximum=100)
         user_id = current_user().subject
         scope = f"conversations:{user_id}"
         position = decode_page_token(request.page_token, scope)
         after = _cursor(position)
         found, more = await self._engine.store.list(user_id, size, after)
+        # Conversations deleted between the index read and the fetch can empty a page.
         token = (encode_page_token(scope, u=found[-1].update_ms, c=found[-1].id)
-                 if more else "")
+                 if more and found else "")
         return chat_pb2.ListConversationsResponse(
             conversations=[_conversation(c) for c in found], next_page_token=token)
 
-    async def ListMessages(self, request: chat_pb2.ListMessagesRequest,
-                           context: grpc.aio.ServicerContext) -> chat_pb2.ListMessagesResponse:
+    async def ListMessages(
+            self, request: chat_pb2.ListMessagesRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.ListMessagesRequest,
+                                              chat_pb2.ListMessagesResponse],
+    ) -> chat_pb2.ListMessagesResponse:
         conversation = conversation_id(request.parent, "parent")
         size = page_size(request.page_size, default=50, maximum=200)
         offset = decode_offset(request.page_token, f"messages:{conversation}")
@@ -108,16 +121,21 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         return chat_pb2.ListMessagesResponse(
             messages=[_message(m, conversation) for m in found], next_page_token=token)
 
-    async def DeleteConversation(self, request: chat_pb2.DeleteConversationRequest,
-                                 context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def DeleteConversation(
+            self, request: chat_pb2.DeleteConversationRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.DeleteConversationRequest, empty_pb2.Empty],
+    ) -> empty_pb2.Empty:
         deleted = await self._engine.store.delete(current_user().subject,
                                                   conversation_id(request.name))
         if not deleted:
             raise NotFound("conversation", request.name)
         return empty_pb2.Empty()
 
-    async def ListModels(self, request: chat_pb2.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> chat_pb2.ListModelsResponse:
+    async def ListModels(
+            self, request: chat_pb2.ListModelsRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.ListModelsRequest,
+                                              chat_pb2.ListModelsResponse],
+    ) -> chat_pb2.ListModelsResponse:
         current_user()
         page = paginate(self._engine.registry.all(), request, "models", default=50, maximum=100)
         return chat_pb2.ListModelsResponse(

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
 
 from services.chat.conversations import ConversationStore, MessageRecord, new_id
 from services.chat.events import (
@@ -77,8 +77,8 @@ class Generation:
     provider_usage: bool = False
     finish: FinishReason = FinishReason.STOP
 
-    def observe(self, chunk: Any) -> None:
-        usage = getattr(chunk, "usage_metadata", None)
+    def observe(self, chunk: AIMessageChunk) -> None:
+        usage = chunk.usage_metadata
         if usage:
             self.provider_usage = True
             self.provider_prompt_tokens += usage.get("input_tokens", 0)
@@ -129,7 +129,7 @@ class ChatEngine:
             call_options=call_options, prompt_estimate=estimate, max_tokens=valid.max_tokens,
             hold=hold)
 
-    async def run(self, turn: PreparedTurn) -> AsyncIterator[Event]:
+    async def run(self, turn: PreparedTurn) -> AsyncGenerator[Event, None]:
         """Started, Delta*, SourcesFound (RAG), then Finished or Failed.
 
         The hold ends on every path: a consumer that goes away at any event (or a cancel)
@@ -144,6 +144,9 @@ class ChatEngine:
         generation = Generation()
         try:
             stream = turn.model.model.astream(turn.messages, **turn.call_options)
+            # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
+            # at once when the consumer leaves, so the provider's request stops too.
+            assert isinstance(stream, AsyncGenerator)
             async with aclosing(stream) as chunks:
                 async for chunk in chunks:
                     text = chunk.content if isinstance(chunk.content, str) else ""

@@ -9,11 +9,20 @@ thread pool so the event loop keeps serving.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
+
+if TYPE_CHECKING:  # chromadb is imported when a store is made (it is slow to import)
+    from chromadb import Collection, QueryResult
+    from chromadb.api import ClientAPI
+    from chromadb.api.types import PyEmbeddings
+    from chromadb.base_types import InclusionExclusionOperator, LiteralValue, Metadata, Where
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class ChunkStore:
         from chromadb.config import Settings
 
         settings = Settings(anonymized_telemetry=False)
+        self._client: ClientAPI
         if host:
             hostname, _, port = host.rpartition(":")
             self._client = chromadb.HttpClient(host=hostname, port=int(port), settings=settings)
@@ -42,16 +52,17 @@ class ChunkStore:
             self._client = chromadb.PersistentClient(path=str(path), settings=settings)
         self._max_batch = int(self._client.get_max_batch_size())
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chroma")
-        self._collections: dict[str, Any] = {}
+        self._collections: dict[str, Collection] = {}
 
     async def add(self, user_id: str, document_id: str, collection: str, filename: str,
                   first_index: int, texts: Sequence[str],
                   vectors: Sequence[Sequence[float]]) -> None:
+        embeddings: PyEmbeddings = [list(v) for v in vectors]
         await self._run(self._add, user_id, document_id, collection, filename, first_index,
-                        list(texts), [list(v) for v in vectors])
+                        list(texts), embeddings)
 
     def _add(self, user_id: str, document_id: str, collection: str, filename: str,
-             first_index: int, texts: list[str], vectors: list[list[float]]) -> None:
+             first_index: int, texts: list[str], vectors: PyEmbeddings) -> None:
         target = self._collection(user_id)
         for start in range(0, len(texts), self._max_batch):
             end = start + self._max_batch
@@ -71,27 +82,33 @@ class ChunkStore:
 
     async def query(self, user_id: str, vector: Sequence[float], n_results: int, *,
                     collection: str = "", document_ids: Sequence[str] = ()) -> list[ChunkHit]:
-        clauses: list[dict[str, Any]] = []
+        clauses: list[Where] = []
         if collection:
             clauses.append({"collection": collection})
         if document_ids:
-            clauses.append({"document_id": {"$in": list(document_ids)}})
-        where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+            among: dict[InclusionExclusionOperator, list[LiteralValue]] = {
+                "$in": list(document_ids)}
+            clauses.append({"document_id": among})
+        where: Where | None = (None if not clauses else clauses[0] if len(clauses) == 1
+                               else {"$and": clauses})
 
-        def query() -> dict[str, Any]:
+        embeddings: PyEmbeddings = [list(vector)]
+
+        def query() -> QueryResult:
             return self._collection(user_id).query(
-                query_embeddings=[list(vector)], n_results=n_results, where=where,
+                query_embeddings=embeddings, n_results=n_results, where=where,
                 include=["documents", "metadatas", "distances"])
 
         found = await self._run(query)
-        return [ChunkHit(document_id=str(meta["document_id"]), filename=str(meta["filename"]),
-                         collection=str(meta["collection"]),
-                         chunk_index=int(meta["chunk_index"]), text=text or "",
-                         score=1.0 - float(distance))
+        # Present because `include` asked for them.
+        assert found["metadatas"] is not None
+        assert found["documents"] is not None
+        assert found["distances"] is not None
+        return [_hit(meta, text, distance)
                 for meta, text, distance in zip(found["metadatas"][0], found["documents"][0],
                                                 found["distances"][0], strict=True)]
 
-    def _collection(self, user_id: str) -> Any:
+    def _collection(self, user_id: str) -> Collection:
         found = self._collections.get(user_id)
         if found is None:
             found = self._client.get_or_create_collection(
@@ -100,10 +117,20 @@ class ChunkStore:
             self._collections[user_id] = found
         return found
 
-    async def _run(self, function: Any, *args: Any) -> Any:
+    async def _run(self, function: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     def close(self) -> None:
         """Finish pending calls, then release the Chroma client (files, connections)."""
         self._pool.shutdown(wait=True)
-        self._client.close()
+        # chromadb annotates its client factories `-> ClientAPI`, but they return its
+        # Client, which has close() (ClientAPI does not declare it).
+        self._client.close()  # type: ignore[attr-defined]
+
+
+def _hit(meta: Metadata, text: str | None, distance: float) -> ChunkHit:
+    chunk_index = meta["chunk_index"]
+    assert isinstance(chunk_index, int)  # stored as an int by `add`
+    return ChunkHit(document_id=str(meta["document_id"]), filename=str(meta["filename"]),
+                    collection=str(meta["collection"]), chunk_index=chunk_index,
+                    text=text or "", score=1.0 - float(distance))

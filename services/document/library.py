@@ -9,6 +9,7 @@ from services.document.chunk_store import ChunkHit, ChunkStore
 from services.document.ingestion import Embed
 from services.document.records import DocumentRecord, DocumentRecords
 from services.runtime.errors import NotFound
+from services.runtime.names import document_name
 
 SEARCH_OVERFETCH = 10  # room for chunks of uncommitted documents, dropped after the query
 
@@ -31,7 +32,7 @@ class DocumentLibrary:
     async def get(self, user_id: str, document_id: str) -> DocumentRecord:
         record = await self._records.get(user_id, document_id)
         if record is None:
-            raise NotFound("document", f"documents/{document_id}")
+            raise NotFound("document", document_name(document_id))
         return record
 
     async def page(self, user_id: str, offset: int, size: int,
@@ -42,7 +43,7 @@ class DocumentLibrary:
 
     async def delete(self, user_id: str, document_id: str) -> None:
         if not await self._records.remove(user_id, document_id):
-            raise NotFound("document", f"documents/{document_id}")
+            raise NotFound("document", document_name(document_id))
         await self._store.delete_document(user_id, document_id)
 
     async def search(self, user_id: str, query: str, k: int, *, collection: str = "",

@@ -8,9 +8,12 @@ content is already committed in the same collection. Keys share the user's hash 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+
+from services.runtime.redis_client import text, text_hash
 
 # KEYS: record, listing, ids, dedupe, coll_docs, coll_chunks, collection listing
 # ARGV: id, collection, filename, content_type, size, chunks, sha256, create_time
@@ -81,7 +84,8 @@ class DocumentRecords:
         return existing or None
 
     async def find_duplicate(self, user_id: str, collection: str, sha256: str) -> str | None:
-        return await self._redis.get(_Keys(user_id).dedupe(collection, sha256))
+        found = await self._redis.get(_Keys(user_id).dedupe(collection, sha256))
+        return None if found is None else text(found)
 
     async def get(self, user_id: str, document_id: str) -> DocumentRecord | None:
         return _record(await self._redis.hgetall(_Keys(user_id).record(document_id)))
@@ -123,8 +127,8 @@ class DocumentRecords:
     async def collections(self, user_id: str) -> dict[str, tuple[int, int]]:
         """Collection -> (documents, chunks)."""
         keys = _Keys(user_id)
-        docs = await self._redis.hgetall(keys.coll_docs)
-        chunks = await self._redis.hgetall(keys.coll_chunks)
+        docs = text_hash(await self._redis.hgetall(keys.coll_docs))
+        chunks = text_hash(await self._redis.hgetall(keys.coll_chunks))
         return {name: (int(count), int(chunks.get(name, 0))) for name, count in docs.items()}
 
 
@@ -148,9 +152,10 @@ class _Keys:
         return f"{self.dedupe_prefix}{collection}:{sha256}"
 
 
-def _record(fields: dict[str, str]) -> DocumentRecord | None:
-    if not fields:
+def _record(reply: Mapping[bytes | str, bytes | str]) -> DocumentRecord | None:
+    if not reply:
         return None
+    fields = text_hash(reply)
     return DocumentRecord(id=fields["id"], collection=fields["collection"],
                           filename=fields["filename"], content_type=fields["content_type"],
                           size=int(fields["size"]), chunks=int(fields["chunks"]),

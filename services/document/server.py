@@ -8,12 +8,12 @@ from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 from services.document.chunk_store import ChunkStore
 from services.document.chunking import Chunker
 from services.document.config import DocumentConfig
-from services.document.embedding_client import EmbeddingClient
 from services.document.ingestion import Ingestor
 from services.document.library import DocumentLibrary
 from services.document.records import DocumentRecords
 from services.document.servicer import DocumentServicer
 from services.runtime.authn import AccessPolicy
+from services.runtime.embedding_client import EmbeddingClient
 from services.runtime.jwks_client import remote_jwks_fetcher
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client

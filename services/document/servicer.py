@@ -28,6 +28,7 @@ from services.runtime.errors import (
     check_fields,
     to_status,
 )
+from services.runtime.names import document_name
 from services.runtime.paging import decode_offset, encode_page_token, page_size, paginate
 from services.runtime.timestamps import timestamp_from_seconds
 
@@ -45,14 +46,18 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
         self._max_bytes = max_upload_bytes
 
     async def CreateDocument(self, request: document_pb2.CreateDocumentRequest,
-                             context: grpc.aio.ServicerContext) -> document_pb2.Document:
+                             context: grpc.aio.ServicerContext[
+                                 document_pb2.CreateDocumentRequest, document_pb2.Document]
+                             ) -> document_pb2.Document:
         upload = self._upload(request.source, request.content)
         done = await self._ingestor.ingest(current_user().subject, upload)
         return _document(done)
 
     async def UploadDocument(self, request_iterator: AsyncIterator[
             document_pb2.UploadDocumentRequest],
-            context: grpc.aio.ServicerContext) -> document_pb2.Document:
+            context: grpc.aio.ServicerContext[
+                document_pb2.UploadDocumentRequest, document_pb2.Document]
+            ) -> document_pb2.Document:
         source: document_pb2.DocumentSource | None = None
         parts: list[bytes] = []
         received = 0
@@ -76,16 +81,21 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
         return _document(done)
 
     async def IngestDocument(self, request: document_pb2.IngestDocumentRequest,
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[
-                                 document_pb2.IngestDocumentResponse]:
+                             context: grpc.aio.ServicerContext[
+                                 document_pb2.IngestDocumentRequest,
+                                 document_pb2.IngestDocumentResponse]
+                             ) -> AsyncIterator[document_pb2.IngestDocumentResponse]:
         upload = self._upload(request.source, request.content)  # bad input: plain status
         user_id = current_user().subject
         events: asyncio.Queue[Progress | BaseException] = asyncio.Queue()
         task = asyncio.create_task(self._ingestor.ingest(user_id, upload, events.put_nowait))
 
         def forward_failure(finished: asyncio.Task[Progress]) -> None:
-            if not finished.cancelled() and finished.exception() is not None:
-                events.put_nowait(finished.exception())  # type: ignore[arg-type]
+            if finished.cancelled():
+                return
+            error = finished.exception()
+            if error is not None:
+                events.put_nowait(error)
 
         task.add_done_callback(forward_failure)
         try:
@@ -103,7 +113,9 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                 await asyncio.gather(task, return_exceptions=True)
 
     async def SearchDocuments(self, request: document_pb2.SearchDocumentsRequest,
-                              context: grpc.aio.ServicerContext
+                              context: grpc.aio.ServicerContext[
+                                  document_pb2.SearchDocumentsRequest,
+                                  document_pb2.SearchDocumentsResponse]
                               ) -> document_pb2.SearchDocumentsResponse:
         min_score = request.min_score if request.HasField("min_score") else None
         k = check_search(request.query, request.k if request.HasField("k") else None,
@@ -113,18 +125,22 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                                           collection=request.collection, document_ids=ids,
                                           min_score=min_score)
         return document_pb2.SearchDocumentsResponse(results=[
-            document_pb2.SearchResult(document=f"documents/{h.document_id}",
+            document_pb2.SearchResult(document=document_name(h.document_id),
                                       filename=h.filename, collection=h.collection,
                                       chunk_index=h.chunk_index, score=h.score, text=h.text)
             for h in hits])
 
     async def GetDocument(self, request: document_pb2.GetDocumentRequest,
-                          context: grpc.aio.ServicerContext) -> document_pb2.Document:
+                          context: grpc.aio.ServicerContext[
+                              document_pb2.GetDocumentRequest, document_pb2.Document]
+                          ) -> document_pb2.Document:
         record = await self._library.get(current_user().subject, document_id(request.name))
         return _resource(record)
 
     async def ListDocuments(self, request: document_pb2.ListDocumentsRequest,
-                            context: grpc.aio.ServicerContext
+                            context: grpc.aio.ServicerContext[
+                                document_pb2.ListDocumentsRequest,
+                                document_pb2.ListDocumentsResponse]
                             ) -> document_pb2.ListDocumentsResponse:
         user_id = current_user().subject
         check_fields([collection_violation(request.collection, "collection")])
@@ -137,12 +153,16 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
             next_page_token=encode_page_token(scope, o=offset + size) if more else "")
 
     async def DeleteDocument(self, request: document_pb2.DeleteDocumentRequest,
-                             context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+                             context: grpc.aio.ServicerContext[
+                                 document_pb2.DeleteDocumentRequest, empty_pb2.Empty]
+                             ) -> empty_pb2.Empty:
         await self._library.delete(current_user().subject, document_id(request.name))
         return empty_pb2.Empty()
 
     async def ListCollections(self, request: document_pb2.ListCollectionsRequest,
-                              context: grpc.aio.ServicerContext
+                              context: grpc.aio.ServicerContext[
+                                  document_pb2.ListCollectionsRequest,
+                                  document_pb2.ListCollectionsResponse]
                               ) -> document_pb2.ListCollectionsResponse:
         user_id = current_user().subject
         found = await self._library.collections(user_id)
@@ -172,7 +192,7 @@ def _too_large(limit: int) -> InvalidArgument:
 
 def _resource(record: DocumentRecord, deduplicated: bool = False) -> document_pb2.Document:
     return document_pb2.Document(
-        name=f"documents/{record.id}", collection=record.collection, filename=record.filename,
+        name=document_name(record.id), collection=record.collection, filename=record.filename,
         content_type=record.content_type, size_bytes=record.size, chunk_count=record.chunks,
         sha256=record.sha256, create_time=timestamp_from_seconds(record.create_time),
         deduplicated=deduplicated)

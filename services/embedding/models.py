@@ -87,11 +87,12 @@ class OpenAICompatibleModel:
 
     def __init__(self, spec: ModelSpec, batch_size: int) -> None:
         from langchain_openai import OpenAIEmbeddings
+        from pydantic import SecretStr
 
         self.model_id = spec.model_id
         self._dimension = spec.dimension
         self._client = OpenAIEmbeddings(
-            model=spec.model, base_url=spec.base_url, api_key=spec.api_key or "unused",
+            model=spec.model, base_url=spec.base_url, api_key=spec.api_key or SecretStr("unused"),
             check_embedding_ctx_length=False, chunk_size=batch_size, max_retries=0,
             timeout=30)
 

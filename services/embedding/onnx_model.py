@@ -50,7 +50,11 @@ def export_model(target: Path) -> Path:
 
     model = SentenceTransformer(str(bundled_model_path()), device="cpu",
                                 local_files_only=True)
-    encoder = model[0].auto_model.eval()
+    auto_model = model[0].auto_model
+    # torch types a submodule reached by attribute as Tensor | Module; this one is the
+    # transformers model.
+    assert isinstance(auto_model, torch.nn.Module)
+    encoder: torch.nn.Module = auto_model.eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:

@@ -14,7 +14,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self._registry = registry
 
     async def Embed(self, request: embedding_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext) -> embedding_pb2.EmbedResponse:
+                    context: grpc.aio.ServicerContext[
+                        embedding_pb2.EmbedRequest, embedding_pb2.EmbedResponse]
+                    ) -> embedding_pb2.EmbedResponse:
         result = await self._registry.embed(list(request.texts), request.model)
         return embedding_pb2.EmbedResponse(
             embeddings=[embedding_pb2.Embedding(values=v) for v in result.embedded.vectors],
@@ -26,7 +28,10 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
 
     async def ListEmbeddingModels(
             self, request: embedding_pb2.ListEmbeddingModelsRequest,
-            context: grpc.aio.ServicerContext) -> embedding_pb2.ListEmbeddingModelsResponse:
+            context: grpc.aio.ServicerContext[
+                embedding_pb2.ListEmbeddingModelsRequest,
+                embedding_pb2.ListEmbeddingModelsResponse]
+            ) -> embedding_pb2.ListEmbeddingModelsResponse:
         models = sorted(self._registry.models(), key=lambda m: m.model_id)
         page = paginate(models, request, "embeddingModels", default=50, maximum=100)
         return embedding_pb2.ListEmbeddingModelsResponse(

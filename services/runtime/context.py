@@ -34,7 +34,8 @@ ANONYMOUS = Principal(kind="anonymous")
 
 request_id_var: ContextVar[str] = ContextVar("llmmesh_request_id", default="")
 principal_var: ContextVar[Principal] = ContextVar("llmmesh_principal", default=ANONYMOUS)
-servicer_context_var: ContextVar[grpc.aio.ServicerContext | None] = ContextVar(
+# The call being served, whatever its message types.
+servicer_context_var: ContextVar[grpc.aio.ServicerContext[Any, Any] | None] = ContextVar(
     "llmmesh_servicer_context", default=None
 )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -48,6 +49,13 @@ class QuotaViolation:
     description: str
 
 
+class ErrorOptions(TypedDict, total=False):
+    """LlmmeshError's keyword arguments, which every error passes on."""
+
+    reason: str | None
+    metadata: Mapping[str, str] | None
+
+
 class LlmmeshError(Exception):
     """An error the caller should see, with its gRPC code and ErrorInfo reason."""
 
@@ -71,12 +79,12 @@ class InvalidArgument(LlmmeshError):
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[FieldViolation], message: str | None = None,
-                 **kwargs: object) -> None:
+                 **kwargs: Unpack[ErrorOptions]) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations = list(violations)
         text = message or "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(text, **kwargs)  # type: ignore[arg-type]
+        super().__init__(text, **kwargs)
 
     def details(self) -> list[Message]:
         return [error_details_pb2.BadRequest(field_violations=[
@@ -97,10 +105,10 @@ class PermissionDenied(LlmmeshError):
 
 class _ResourceError(LlmmeshError):
     def __init__(self, resource_type: str, resource_name: str, message: str | None = None,
-                 **kwargs: object) -> None:
+                 **kwargs: Unpack[ErrorOptions]) -> None:
         self.resource_type = resource_type
         self.resource_name = resource_name
-        super().__init__(message or self._message(), **kwargs)  # type: ignore[arg-type]
+        super().__init__(message or self._message(), **kwargs)
         self.metadata.setdefault("resource", resource_name)
 
     def _message(self) -> str:
@@ -138,8 +146,8 @@ class ResourceExhausted(LlmmeshError):
     default_reason = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, *, violations: Sequence[QuotaViolation] = (),
-                 retry_after_seconds: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+                 retry_after_seconds: float | None = None, **kwargs: Unpack[ErrorOptions]) -> None:
+        super().__init__(message, **kwargs)
         self.violations = list(violations)
         self.retry_after_seconds = retry_after_seconds
 
@@ -161,8 +169,8 @@ class Unavailable(LlmmeshError):
     default_reason = "UNAVAILABLE"
 
     def __init__(self, message: str, *, retry_after_seconds: float | None = None,
-                 **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+                 **kwargs: Unpack[ErrorOptions]) -> None:
+        super().__init__(message, **kwargs)
         self.retry_after_seconds = retry_after_seconds
 
     def details(self) -> list[Message]:

@@ -15,8 +15,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from contextvars import Token
+from typing import Any, Never, TypeVar
 
 import grpc
 
@@ -32,6 +33,16 @@ REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+# Any call's context: the interceptor serves every method, whatever its message types.
+Context = grpc.aio.ServicerContext[Any, Any]
+# A handler's behaviour, called with the request (or, client streaming, the request
+# iterator) and the call's context. grpc-stubs types RpcMethodHandler's behaviours for the
+# synchronous server; on grpc.aio they are coroutine or async generator functions that
+# take a grpc.aio.ServicerContext, so only "callable" is true of both.
+Behavior = Callable[..., object]
+
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
     """Request ids, authentication, error mapping, JSON logs and metrics."""
@@ -42,29 +53,33 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[RequestT, ResponseT] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+        if handler is None:  # not a method of this server: grpc answers UNIMPLEMENTED
+            return None
         method = handler_call_details.method
         if handler.response_streaming:
-            behavior = handler.unary_stream or handler.stream_stream
-            wrapped_stream = self._wrap_stream(method, behavior)
+            streaming: Behavior | None = handler.unary_stream or handler.stream_stream
+            assert streaming is not None, f"{method}: a streaming handler without behaviour"
+            wrapped_stream = self._wrap_stream(method, streaming)
             factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                        else grpc.unary_stream_rpc_method_handler)
             return factory(wrapped_stream, request_deserializer=handler.request_deserializer,
                            response_serializer=handler.response_serializer)
-        behavior = handler.unary_unary or handler.stream_unary
+        behavior: Behavior | None = handler.unary_unary or handler.stream_unary
+        assert behavior is not None, f"{method}: a unary handler without behaviour"
         wrapped_unary = self._wrap_unary(method, behavior)
         factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                    else grpc.unary_unary_rpc_method_handler)
         return factory(wrapped_unary, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(self, method: str,
+                    behavior: Behavior) -> Callable[[object, Context], Awaitable[object]]:
+        async def unary(request: object, context: Context) -> object:
             call = _Call(self, method, context)
             try:
                 await call.begin()
@@ -80,14 +95,15 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(self, method: str, behavior: Behavior
+                     ) -> Callable[[object, Context], AsyncGenerator[object, None]]:
+        async def stream(request: object, context: Context) -> AsyncGenerator[object, None]:
             call = _Call(self, method, context)
-            result: Any = None
+            result: object = None
             try:
                 await call.begin()
                 result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
+                if isinstance(result, AsyncIterable):
                     async for message in result:
                         yield message
                 elif inspect.isawaitable(result):
@@ -105,7 +121,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
 
-async def _close_quietly(generator: Any) -> None:
+async def _close_quietly(generator: AsyncGenerator[object, Never]) -> None:
     try:
         await generator.aclose()
     except Exception:
@@ -115,8 +131,7 @@ async def _close_quietly(generator: Any) -> None:
 class _Call:
     """Bookkeeping for one RPC: context variables, status, timing, log and metrics."""
 
-    def __init__(self, interceptor: MeshInterceptor, method: str,
-                 context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, interceptor: MeshInterceptor, method: str, context: Context) -> None:
         self._interceptor = interceptor
         self.method = method
         self.context = context
@@ -124,7 +139,7 @@ class _Call:
         self.service, _, self.method_name = path.partition("/")
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
-        self._tokens: list[Any] = []
+        self._tokens: list[Token[Any]] = []
         self._counted = False
         self._metadata = {key: value for key, value in (context.invocation_metadata() or ())
                           if isinstance(value, str)}
@@ -178,11 +193,17 @@ class _Call:
                 token.var.reset(token)
 
 
-def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _context_code(context: Context) -> grpc.StatusCode:
     try:
         code = context.code()
     except Exception:  # noqa: BLE001 — older grpcio without ServicerContext.code()
         return grpc.StatusCode.UNKNOWN
+    return _status_code(code)
+
+
+def _status_code(code: object) -> grpc.StatusCode:
+    """What ServicerContext.code() returned, as a StatusCode. grpc-stubs says StatusCode;
+    grpcio returns None until a code is set, and older releases return the number."""
     if isinstance(code, grpc.StatusCode):
         return code
     for candidate in grpc.StatusCode:

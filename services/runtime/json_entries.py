@@ -53,6 +53,8 @@ StrictPositiveInteger = Annotated[StrictInt, AfterValidator(_positive)]
 def parse_entries(variable: str, raw: str, entry: type[Entry]) -> list[Entry]:
     """The JSON list in `variable` (its value `raw`), each item validated as `entry`."""
     try:
+        # pydantic needs the runtime type list[entry]; mypy cannot read a variable's value
+        # as a type, though the result is the list[Entry] it infers.
         return TypeAdapter(list[entry]).validate_json(raw)  # type: ignore[valid-type]
     except ValidationError as error:
         raise ConfigError("; ".join(describe(variable, error))) from None

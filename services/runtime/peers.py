@@ -3,8 +3,8 @@ and remaining deadline, and present the service credential."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -13,6 +13,10 @@ from services.runtime.context import current_principal, remaining_deadline, requ
 from services.runtime.interceptor import REQUEST_ID_HEADER
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+RequestIterator = AsyncIterable[RequestT] | Iterable[RequestT]
 
 
 class _Forwarding:
@@ -43,24 +47,42 @@ class _Forwarding:
 
 
 class _UnaryUnary(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, RequestT],
+                               Awaitable[grpc.aio.UnaryUnaryCall[RequestT, ResponseT]]],
+        details: grpc.aio.ClientCallDetails, request: RequestT,
+    ) -> grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
         return await continuation(self._details(details), request)
 
 
 class _UnaryStream(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, RequestT],
+                               Awaitable[grpc.aio.UnaryStreamCall[RequestT, ResponseT]]],
+        details: grpc.aio.ClientCallDetails, request: RequestT,
+    ) -> grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
         return await continuation(self._details(details), request)
 
 
 class _StreamUnary(_Forwarding, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                     request_iterator: Any) -> Any:
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, RequestIterator[RequestT]],
+                               Awaitable[grpc.aio.StreamUnaryCall[RequestT, ResponseT]]],
+        details: grpc.aio.ClientCallDetails, request_iterator: RequestIterator[RequestT],
+    ) -> grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
         return await continuation(self._details(details), request_iterator)
 
 
 class _StreamStream(_Forwarding, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, details: Any,
-                                      request_iterator: Any) -> Any:
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, RequestIterator[RequestT]],
+                               Awaitable[grpc.aio.StreamStreamCall[RequestT, ResponseT]]],
+        details: grpc.aio.ClientCallDetails, request_iterator: RequestIterator[RequestT],
+    ) -> grpc.aio.StreamStreamCall[RequestT, ResponseT]:
         return await continuation(self._details(details), request_iterator)
 
 

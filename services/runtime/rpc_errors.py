@@ -46,7 +46,7 @@ Trailer = tuple[str, str | bytes]
 
 
 @dataclass(frozen=True)
-class _Status(grpc.Status):  # type: ignore[misc]
+class _Status(grpc.Status):
     code: grpc.StatusCode
     details: str
     trailing_metadata: tuple[Trailer, ...]
@@ -64,7 +64,9 @@ def peer_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     """The google.rpc.Status a failed call carries; None when it has none (or one that
     disagrees with the call's code or message, e.g. rewritten on the way)."""
     try:
-        status: status_pb2.Status | None = rpc_status.from_call(error)
+        # from_call reads only code(), details() and trailing_metadata(), which an
+        # AioRpcError has; types-grpcio-status types the parameter as the sync grpc.Call.
+        status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:
         return None
     return status

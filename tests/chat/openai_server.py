@@ -51,6 +51,7 @@ class Script:
     fail_after_tokens: int | None = None  # drop the connection after this many tokens
     report_usage: bool = True
     tokens_per_event: int = 1  # servers that batch tokens send several per event
+    gate: asyncio.Event | None = None  # no token before the test opens it
 
 
 @dataclass
@@ -132,6 +133,8 @@ class OpenAIServer:
         ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         model = request_model(seen.body)
         try:
+            if script.gate is not None:
+                await script.gate.wait()
             if script.first_token_delay:
                 await asyncio.sleep(script.first_token_delay)
             await response.write(_event(_chunk(ident, model, {"role": "assistant",

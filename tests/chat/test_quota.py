@@ -14,7 +14,7 @@ from services.chat.tokens import estimate_prompt_tokens
 from tests.chat.openai_server import OpenAIServer, Script
 from tests.chat.streams import Streamed, stream_chat, usage
 from tests.conftest import SERVICE_METADATA
-from tests.helpers import LoggedIn, error_info, quota_failure
+from tests.helpers import LoggedIn, error_info, eventually, quota_failure
 
 
 def worst_case(message: str, max_tokens: int) -> int:
@@ -50,10 +50,18 @@ async def test_fifty_concurrent_streams_against_room_for_ten(
     hold = worst_case("race", 64)
     limit = 11 * hold - 1  # room for 10 worst cases, not 11
     await _limit(quota_stub, alice, limit)
-    # Slow enough that every reservation is decided before any stream settles.
-    model_server.reset(Script(first_token_delay=0.8))
-    outcomes = await asyncio.gather(*(stream_chat(chat_stub, alice, "race") for _ in range(50)),
-                                    return_exceptions=True)
+    # No stream may settle before every reservation is decided: the provider holds its
+    # answers until the 40 refusals are in.
+    gate = asyncio.Event()
+    model_server.reset(Script(gate=gate))
+    calls = [asyncio.create_task(stream_chat(chat_stub, alice, "race")) for _ in range(50)]
+
+    async def finished() -> int:
+        return sum(call.done() for call in calls)
+
+    await eventually(finished, lambda count: count >= 40, what="the refusals")
+    gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
     admitted = [o for o in outcomes if isinstance(o, Streamed)]
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert len(admitted) == 10 and len(refused) == 40
@@ -100,11 +108,12 @@ async def test_a_stream_that_runs_out_is_cut_off_and_charged_what_it_delivered(
     assert state.tokens_used == seen.done.usage.total_tokens
     assert state.tokens_used <= (hold if lower_limit_mid_stream else limit)
     assert state.tokens_reserved == 0
-    for _ in range(50):  # the provider's stream was closed, not read to the end
-        if model_server.seen[-1].disconnected is not None:
-            break
-        await asyncio.sleep(0.01)
-    assert model_server.seen[-1].disconnected is not None
+    async def last_disconnect() -> float | None:
+        return model_server.seen[-1].disconnected
+
+    # The provider's stream was closed, not read to the end.
+    await eventually(last_disconnect, lambda at: at is not None, within=2,
+                     what="the provider's stream being closed")
     assert model_server.seen[-1].tokens_sent < 300
     # A cut-off turn completed: it is stored with what was delivered.
     stored = await chat_stub.ListMessages(chat_pb2.ListMessagesRequest(

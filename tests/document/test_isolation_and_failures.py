@@ -3,7 +3,6 @@ ingestion leaves nothing behind."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -16,10 +15,11 @@ from services.document.server import create_server as create_document_server
 from services.embedding.config import EmbeddingConfig
 from services.embedding.server import create_server as create_embedding_server
 from services.runtime.config import Env
+from services.runtime.server import MeshServer
 from tests.conftest import document_env, mesh_env
 from tests.document.helpers import PARAGRAPHS, document_count, stored_chunks, upload
 from tests.fake_embeddings_provider import DIMENSION, FakeEmbeddingsProvider, running_provider
-from tests.helpers import error_info, register_and_login
+from tests.helpers import error_info, eventually, register_and_login
 
 
 async def test_two_users_never_see_each_others_documents(document_stub, auth_stub) -> None:
@@ -61,8 +61,7 @@ async def flaky() -> AsyncIterator[tuple[FakeEmbeddingsProvider, str]]:
 
 
 @pytest.fixture(scope="module")
-async def flaky_documents(flaky, redis_server, data_dir, auth_address) -> AsyncIterator[
-        document_pb2_grpc.DocumentServiceStub]:
+async def flaky_server(flaky, redis_server, data_dir, auth_address) -> AsyncIterator[MeshServer]:
     """A document service whose embeddings come from a remote provider we can break."""
     _, base_url = flaky
     models = [{"id": "remote", "provider": "openai", "dimension": DIMENSION,
@@ -74,11 +73,17 @@ async def flaky_documents(flaky, redis_server, data_dir, auth_address) -> AsyncI
     documents = create_document_server(DocumentConfig.from_env(Env(document_env(
         redis_server, data_dir / "flaky", auth_address, f"127.0.0.1:{embedding_port}",
         LLMMESH_DATA_DIR=str(data_dir / "flaky")))))
-    port = await documents.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield document_pb2_grpc.DocumentServiceStub(channel)
+    await documents.start()
+    yield documents
     await documents.stop(0)
     await embedding.stop(0)
+
+
+@pytest.fixture(scope="module")
+async def flaky_documents(flaky_server: MeshServer) -> AsyncIterator[
+        document_pb2_grpc.DocumentServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{flaky_server.port}") as channel:
+        yield document_pb2_grpc.DocumentServiceStub(channel)
 
 
 LONG_TEXT = "\n\n".join(f"Section {i}. " + PARAGRAPHS[i % 3] * 4 for i in range(40))
@@ -123,7 +128,7 @@ async def test_failure_during_a_streamed_ingestion_is_the_last_event(
 
 
 async def test_a_client_that_cancels_mid_ingestion_leaves_nothing(
-        flaky, flaky_documents, auth_stub, data_dir) -> None:
+        flaky, flaky_server, flaky_documents, auth_stub, data_dir) -> None:
     provider, _ = flaky
     provider.reset()
     provider.delay_seconds = 0.15
@@ -136,7 +141,15 @@ async def test_a_client_that_cancels_mid_ingestion_leaves_nothing(
             call.cancel()
             break
     requests_at_cancel = len(provider.requests)
-    await asyncio.sleep(0.6)
+
+    async def ingestions_in_flight() -> float | None:
+        return flaky_server.metrics.registry.get_sample_value(
+            "llmmesh_grpc_server_in_flight",
+            {"grpc_service": "llmmesh.document.v1.DocumentService",
+             "grpc_method": "IngestDocument"})
+
+    await eventually(ingestions_in_flight, lambda count: count == 0,
+                     what="the ingestion handler ending")
     assert len(provider.requests) <= requests_at_cancel + 1  # the pipeline stopped
     assert stored_chunks(data_dir / "flaky", user.user_id) == 0
     assert await document_count(flaky_documents, user) == 0

@@ -20,7 +20,7 @@ from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.peers import peer_channel
 from services.runtime.server import MeshServer, ServiceSpec, build_verifier
 from tests.conftest import SERVICE_TOKEN, mesh_env
-from tests.helpers import LoggedIn, error_info, field_violations, rich_status
+from tests.helpers import LoggedIn, error_info, eventually, field_violations, rich_status
 
 PROBE = "llmmesh.test.Probe"
 
@@ -148,8 +148,16 @@ async def test_shutdown_drains_in_flight_streams_and_refuses_new_calls(env) -> N
         stream = channel.unary_stream(f"/{PROBE}/Count")(b"")
         first = await stream.read()
         stopping = asyncio.create_task(server.stop(grace=5))
-        await asyncio.sleep(0.05)
         health = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            try:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, lambda up: not up, what="the shutdown beginning")
         rest = []
         while (message := await stream.read()) is not grpc.aio.EOF:
             rest.append(message)
@@ -199,7 +207,8 @@ async def test_peer_channel_forwards_identity_request_id_and_deadline(
         assert seen["subject"] == alice.user_id
         assert seen["request_id"] == "trace-42"
         assert seen["service_token"] == SERVICE_TOKEN
-        assert 0 < float(seen["remaining"]) <= 2.0  # the 30 s default was capped by ours
+        # The 30 s default was capped by ours (grpc-timeout rounds up: a few ms over 2 s).
+        assert 0 < float(seen["remaining"]) <= 2.1
     finally:
         await up.stop(0)
         await down.stop(0)
