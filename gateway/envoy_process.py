@@ -3,6 +3,7 @@ Python): validate a bootstrap, start it, wait until it is ready, stop it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,11 @@ def validate(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 class EnvoyProcess:
-    """One Envoy on `config`, logging to `log_path`; admin on 127.0.0.1:`admin_port`."""
+    """One Envoy on `config`, logging to `log_path`; admin on 127.0.0.1:`admin_port`.
+
+    Port 0 (admin or listeners) lets the kernel choose, with no race: Envoy writes the
+    admin address to a file beside the config, and `listener_port` asks the admin API.
+    """
 
     def __init__(self, config: Path, log_path: Path, admin_port: int, *,
                  concurrency: int | None = None, log_level: str = "warning") -> None:
@@ -49,11 +54,13 @@ class EnvoyProcess:
         self.concurrency = concurrency
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
+        self._admin_file = config.with_name("admin.address")
 
     def start(self) -> subprocess.Popen[bytes]:
+        self._admin_file.unlink(missing_ok=True)
         argv = [envoy_binary(), "-c", str(self.config), "--log-level", self.log_level,
                 # No shared memory: several Envoys (a run, the tests) share one machine.
-                "--disable-hot-restart"]
+                "--disable-hot-restart", "--admin-address-path", str(self._admin_file)]
         if self.concurrency:
             argv += ["--concurrency", str(self.concurrency)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,20 +73,36 @@ class EnvoyProcess:
         """Until the admin interface says LIVE (listeners bound, clusters initialised)."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.admin_port}/ready"
         while True:
             if self.process.poll() is not None:
                 raise EnvoyError(f"envoy exited with {self.process.returncode}:\n"
                                  + self.log_tail())
             try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
+                if self._admin_file.is_file() and self._admin_file.read_text().strip():
+                    self.admin_port = int(self._admin_file.read_text().strip()
+                                          .rpartition(":")[2])
+                    ready = self._admin_url("/ready")
+                    with urllib.request.urlopen(ready, timeout=1) as answer:  # noqa: S310
+                        if answer.status == 200:
+                            return
+            except (urllib.error.URLError, OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise EnvoyError(f"envoy not ready after {timeout:g} s:\n" + self.log_tail())
             time.sleep(0.05)
+
+    def _admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def listener_port(self, name: str) -> int:
+        """The port the listener `name` is bound to (the kernel's choice for port 0)."""
+        with urllib.request.urlopen(self._admin_url("/listeners?format=json"),  # noqa: S310
+                                    timeout=5) as answer:
+            listing = json.loads(answer.read())
+        for status in listing.get("listener_statuses", []):
+            if status.get("name") == name:
+                return int(status["local_address"]["socket_address"]["port_value"])
+        raise EnvoyError(f"envoy has no listener named {name!r}")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -58,6 +58,7 @@ class Mesh:
         self.redis: LocalRedis | None = None
         self.children: list[Child] = []
         self._stopping = threading.Event()
+        self.edge_admin_port = 0
 
     def start(self) -> None:
         reader = Env(self.env)
@@ -93,6 +94,7 @@ class Mesh:
         log_path = logs / "edge.log"
         try:
             envoy = start_local_edge(LLMMESH_SPEC, target, log_path=log_path)
+            self.edge_admin_port = envoy.admin_port
         except EnvoyError as error:
             raise RuntimeError(f"edge (envoy): {error}") from error
         assert envoy.process is not None
@@ -154,6 +156,9 @@ class Mesh:
         for child in self.children:
             metrics = (f"   metrics http://127.0.0.1:{child.metrics_port}/metrics"
                        if child.metrics_port else "")
+            if child.name == "edge":
+                metrics = (f"   envoy: REST, SSE and gRPC; admin http://127.0.0.1:"
+                           f"{self.edge_admin_port}/")
             kind = "http" if child.name == "edge" else "grpc"
             lines.append(f"  {child.name:<10} {kind} {child.address:<18}{metrics}")
         if self.redis is not None:

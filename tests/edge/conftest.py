@@ -18,7 +18,7 @@ from gateway import deployment
 from gateway.config import RateLimitServiceConfig
 from gateway.descriptors import load_descriptor_set
 from gateway.envoy_config import ratelimit_rules
-from gateway.envoy_process import EnvoyError, EnvoyProcess
+from gateway.envoy_process import EnvoyProcess
 from gateway.local_edge import start_local_edge
 from gateway.ratelimit.server import create_server as create_ratelimit_server
 from gateway.spec import EdgeSpec
@@ -29,8 +29,6 @@ from tests.conftest import mesh_env
 from tests.edge.harness import TEST_SPEC, TEST_UPSTREAM, extra_descriptors, merge
 from tests.edge.upstream import EdgeTestServicer, compile_descriptor_set, start_upstream
 from tests.helpers import PASSWORD, unique_username
-
-START_ATTEMPTS = 3  # a free port can be taken between picking and binding it
 
 
 @dataclass
@@ -89,27 +87,19 @@ def ratelimit_address(ratelimit_server: MeshServer) -> str:
 def start_test_edge(directory: Path, auth_address: str, upstream_port: int,
                     ratelimit_port: int, *, spec: EdgeSpec = TEST_SPEC,
                     cors_origins: tuple[str, ...] | None = None) -> Edge:
-    """Envoy with the test spec on free ports; `directory` gets its files and log."""
+    """Envoy with the test spec; its listener and admin ports are the kernel's choice.
+    `directory` gets its files and log."""
     auth_port = int(auth_address.rpartition(":")[2])
-    nobody = ("127.0.0.1", free_port())  # the services the suite does not start
-    for attempt in range(START_ATTEMPTS):
-        listener, admin = free_port(), free_port()
-        target = deployment.local(
-            spec, str(directory), listener_port=listener, admin_port=admin,
-            upstreams={**{u.name: nobody for u in spec.upstreams},
-                       "auth": ("127.0.0.1", auth_port),
-                       TEST_UPSTREAM: ("127.0.0.1", upstream_port)},
-            ratelimit=("127.0.0.1", ratelimit_port), cors_origins=cors_origins)
-        try:
-            envoy = start_local_edge(spec, target, log_path=directory / "envoy.log",
-                                     extra_descriptors=extra_descriptors(),
-                                     concurrency=1)
-        except EnvoyError as error:
-            if attempt == START_ATTEMPTS - 1 or "already in use" not in str(error):
-                raise
-            continue
-        return Edge(f"http://127.0.0.1:{listener}", envoy, admin)
-    raise AssertionError("unreachable")
+    nobody = ("127.0.0.1", free_port())  # the services the suite does not start: refused
+    target = deployment.local(
+        spec, str(directory), listener_port=0, admin_port=0,
+        upstreams={**{u.name: nobody for u in spec.upstreams},
+                   "auth": ("127.0.0.1", auth_port),
+                   TEST_UPSTREAM: ("127.0.0.1", upstream_port)},
+        ratelimit=("127.0.0.1", ratelimit_port), cors_origins=cors_origins)
+    envoy = start_local_edge(spec, target, log_path=directory / "envoy.log",
+                             extra_descriptors=extra_descriptors(), concurrency=1)
+    return Edge(f"http://127.0.0.1:{envoy.listener_port('edge')}", envoy, envoy.admin_port)
 
 
 @pytest.fixture(scope="session")
