@@ -387,7 +387,7 @@ async def start_auth_process(redis: LocalRedis, data_dir: Path) -> AuthProcess:
 
 
 async def run(root: Path, cores: int) -> None:
-    redis = LocalRedis(root / "redis", free_port(), persistent=False)
+    redis = LocalRedis(root / "redis", persistent=False)
     redis.start()
     try:
         await part_jwt(redis, root / "data-inprocess")

@@ -270,7 +270,7 @@ def main() -> None:
           f"langchain-openai {langchain_openai.__version__}")
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         work = Path(tmp)
-        redis = LocalRedis(work / "redis", free_port(), persistent=False)
+        redis = LocalRedis(work / "redis", persistent=False)
         redis.start()
         processes: list[subprocess.Popen[bytes]] = []
         try:

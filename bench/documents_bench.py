@@ -973,7 +973,7 @@ async def run(root: Path) -> None:
     short_texts = make_sentences(rng, max(SHORT_TEXTS, BASE_SENTENCES), 50, 70)
     queries = make_queries(rng, QUERIES)
 
-    redis = LocalRedis(root / "redis", free_port(), persistent=False)
+    redis = LocalRedis(root / "redis", persistent=False)
     redis.start()
     services: list[ServiceProcess] = []
     try:

@@ -91,7 +91,7 @@ class Stack:
 
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.redis = LocalRedis(work / "redis", free_port(), persistent=False)
+        self.redis = LocalRedis(work / "redis", persistent=False)
         self.ports = {name: free_port() for name in
                       ("auth", "ratelimit", "upstream", "edge", "admin", "bare_edge",
                        "bare_admin", "m_auth", "m_rl", "chat", "m_chat")}

@@ -32,13 +32,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class LocalRedis:
-    """A Redis server process on 127.0.0.1 with its files under `data_dir`."""
+class PortTaken(RuntimeError):
+    """Another process holds the port the server was to bind."""
 
-    def __init__(self, data_dir: Path, port: int, *, persistent: bool = True,
+
+class LocalRedis:
+    """A Redis server process on 127.0.0.1 with its files under `data_dir`.
+
+    Port 0 picks a free port and, should another process take it before the server binds
+    it, picks again (a few times): tests and benchmarks never collide.
+    """
+
+    START_ATTEMPTS = 5
+
+    def __init__(self, data_dir: Path, port: int = 0, *, persistent: bool = True,
                  binary: Path | None = None) -> None:
         self.data_dir = data_dir
         self.port = port
+        self._choose_port = port == 0
         self.persistent = persistent
         self.binary = binary or find_redis_server()
         self._process: subprocess.Popen[bytes] | None = None
@@ -48,11 +59,24 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        attempts = self.START_ATTEMPTS if self._choose_port else 1
+        for attempt in range(attempts):
+            if self._choose_port:
+                self.port = free_port()
+            try:
+                self._start_once(timeout)
+                return
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+
+    def _start_once(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
                 "--dir", str(self.data_dir), "--protected-mode", "yes",
                 "--save", "", "--appendonly", "yes" if self.persistent else "no"]
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 — owned by the process
+        log_path = self.data_dir / "server.log"
+        log = open(log_path, "ab")  # noqa: SIM115 — owned by the process
         self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
@@ -60,15 +84,19 @@ class LocalRedis:
         try:
             while True:
                 if self._process.poll() is not None:
-                    raise RuntimeError(f"{self.binary} exited; see {self.data_dir}/server.log")
+                    if "in use" in log_path.read_text(errors="replace").lower():
+                        raise PortTaken(f"port {self.port} is taken")
+                    raise RuntimeError(f"{self.binary} exited; see {log_path}")
                 try:
-                    if client.ping():
+                    # Ours, not whoever else may be answering on this port.
+                    if int(client.info("server")["process_id"]) == self._process.pid:
                         return
                 except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"redis did not answer on port {self.port}") from None
-                    time.sleep(0.05)
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis did not answer on port {self.port}")
+                time.sleep(0.05)
         finally:
             client.close()
 

@@ -11,7 +11,7 @@ from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
 from llmmesh.document.v1 import document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2_grpc
 
-from mesh.redis_server import LocalRedis, free_port
+from mesh.redis_server import LocalRedis
 from services.auth.config import AuthConfig
 from services.auth.server import create_server
 from services.document.config import DocumentConfig
@@ -27,7 +27,7 @@ SERVICE_TOKEN = "test-service-token-" + "x" * 32
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path_factory.mktemp("redis"), free_port(), persistent=False)
+    server = LocalRedis(tmp_path_factory.mktemp("redis"), persistent=False)
     server.start()
     yield server
     server.stop()
