@@ -41,6 +41,7 @@ JWT_REQUIRED = "token_required"
 JWT_OPTIONAL = "token_optional"
 JWKS_CLUSTER = "edge_jwks"
 JWKS_LISTENER = "jwks_internal"
+JWKS_PATH = "/.well-known/jwks.json"  # the GetJwks binding
 RATELIMIT_CLUSTER = "ratelimit"
 ADMIN_CLUSTER = "envoy_admin"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -279,7 +280,7 @@ def _jwt_filter(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
             "remote_jwks": {
                 # An internal listener (no port) transcodes this to auth's GetJwks,
                 # past no rate limit: a limiter outage must not lock every user out.
-                "http_uri": {"uri": f"http://jwks.internal{_jwks_path(spec)}",
+                "http_uri": {"uri": f"http://jwks.internal{JWKS_PATH}",
                              "cluster": JWKS_CLUSTER, "timeout": "5s"},
                 "cache_duration": _duration(spec.jwks_cache_seconds),
                 "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
@@ -296,10 +297,6 @@ def _jwt_filter(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
             JWT_OPTIONAL: {"requires_any": {"requirements": [required,
                                                              {"allow_missing": {}}]}}},
         bypass_cors_preflight=True)
-
-
-def _jwks_path(spec: EdgeSpec) -> str:
-    return "/.well-known/jwks.json"
 
 
 def _transcoder(spec: EdgeSpec, deployment: Deployment,
@@ -327,16 +324,16 @@ _ROUTER = {"name": "envoy.filters.http.router",
 def _jwks_listener(spec: EdgeSpec, deployment: Deployment,
                    methods: Sequence[MethodInfo]) -> dict[str, Any]:
     """Envoy's own way to auth's JWKS: GET the JWKS path, transcoded, nothing else."""
-    jwks = next((m for m in methods for b in m.bindings if b.template == _jwks_path(spec)),
+    jwks = next((m for m in methods for b in m.bindings if b.template == JWKS_PATH),
                 None)
     if jwks is None:
-        raise ValueError(f"no method is bound to GET {_jwks_path(spec)}")
+        raise ValueError(f"no method is bound to GET {JWKS_PATH}")
     upstream = spec.upstream_for(jwks.full_name)
     assert upstream is not None
     service = jwks.full_name.strip("/").split("/")[0]
     routes_ = {"name": "jwks", "virtual_hosts": [{
         "name": "jwks", "domains": ["*"],
-        "routes": [{"match": {"path": _jwks_path(spec),
+        "routes": [{"match": {"path": JWKS_PATH,
                               "headers": [{"name": ":method",
                                            "string_match": {"exact": "GET"}}]},
                     "route": {"cluster": upstream.name, "timeout": "5s"}},

@@ -1,40 +1,34 @@
-"""Fixed-window counting in Redis, and the decision for one ShouldRateLimit request.
+"""Fixed-window limits: the counters a ShouldRateLimit request touches, and its verdicts.
 
 Every limited descriptor has one counter per window:
 `<prefix><domain>|<key>=<value>|...|<window start>`, components percent-encoded so no
-two descriptors share a key. One Lua script adds the hits to all of a request's
-counters and sets their expiry: Redis runs it atomically, so concurrent requests never
-read the same count and no burst gets past a limit. (In Redis Cluster the keys of one
-request would need one hash slot; a single Redis or a replicated primary is assumed.)
+two descriptors share a key. A request's counters are incremented together by
+BatchedCounter, atomically in one Redis script with those of the requests that arrived
+at the same time, so concurrent requests never read the same count and no burst gets past
+a limit. (In Redis Cluster the keys of one batch would need one hash slot; a single Redis
+or a replicated primary is assumed.)
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from redis.asyncio import Redis
-
+from gateway.ratelimit.counter import BatchedCounter, Increment
 from gateway.ratelimit.rules import RateLimitRules, Rule
 
-_COUNT_SCRIPT = """
-local counts = {}
-for i, key in ipairs(KEYS) do
-  counts[i] = redis.call('INCRBY', key, ARGV[i])
-  if redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, ARGV[#KEYS + i])
-  end
-end
-return counts
-"""
-
-Entries = Sequence[tuple[str, str]]
+Entries = tuple[tuple[str, str], ...]
+# Descriptors resolved to their rule and counter-key prefix, most recently used kept; only
+# short ones, so that long (caller-chosen) values cannot make the cache large.
+RESOLVED_CACHE_SIZE = 16_384
+CACHED_DESCRIPTOR_CHARS = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The outcome for one descriptor; `rule` is None when it is not limited."""
 
@@ -44,16 +38,21 @@ class Verdict:
     reset_seconds: float = 0.0
 
 
-class FixedWindowLimiter:
-    """Decides requests against `rules`, counting in Redis."""
+UNLIMITED = Verdict(rule=None)
 
-    def __init__(self, redis: Redis, rules: RateLimitRules, *,
+
+class FixedWindowLimiter:
+    """Decides requests against `rules`, counting in Redis through `counter`."""
+
+    def __init__(self, counter: BatchedCounter, rules: RateLimitRules, *,
                  prefix: str = "llmmesh:ratelimit:",
                  clock: Callable[[], float] = time.time) -> None:
+        self._counter = counter
         self._rules = rules
         self._prefix = prefix
         self._clock = clock
-        self._script = redis.register_script(_COUNT_SCRIPT)
+        self._resolve_cached = functools.lru_cache(maxsize=RESOLVED_CACHE_SIZE)(
+            self._resolve_rule)
 
     async def decide(self, domain: str,
                      descriptors: Sequence[tuple[Entries, int]]) -> list[Verdict]:
@@ -62,39 +61,40 @@ class FixedWindowLimiter:
         Raises redis.RedisError when Redis cannot count.
         """
         now = self._clock()
-        rules = [self._rules.rule_for(domain, entries) for entries, _ in descriptors]
-        keys: list[str] = []
-        hits: list[int] = []
-        windows: list[int] = []
-        for (entries, addend), rule in zip(descriptors, rules, strict=True):
-            if rule is None:
-                continue
-            window = rule.window_seconds
-            start = int(now // window) * window
-            keys.append(self._key(domain, entries, start))
-            hits.append(addend)
-            windows.append(window)
-        counts = []
-        if keys:
-            counts = [int(c) for c in await self._script(keys=keys, args=[*hits, *windows])]
+        resolved = [self._resolve(domain, entries) for entries, _ in descriptors]
+        increments = []
+        for (_, hits), (rule, key_prefix) in zip(descriptors, resolved, strict=True):
+            if rule is not None:
+                window = rule.window_seconds
+                start = int(now // window) * window
+                increments.append(Increment(f"{key_prefix}{start}", hits, window))
+        counted = iter(await self._counter.count(increments))
         verdicts = []
-        counted = iter(counts)
-        for rule in rules:
+        for rule, _ in resolved:
             if rule is None:
-                verdicts.append(Verdict(rule=None))
+                verdicts.append(UNLIMITED)
                 continue
             count = next(counted)
             window = rule.window_seconds
-            reset = (int(now // window) + 1) * window - now
-            verdicts.append(Verdict(rule=rule, over_limit=count > rule.requests_per_unit,
-                                    remaining=max(rule.requests_per_unit - count, 0),
-                                    reset_seconds=reset))
+            limit = rule.requests_per_unit
+            verdicts.append(Verdict(rule=rule, over_limit=count > limit,
+                                    remaining=max(limit - count, 0),
+                                    reset_seconds=(int(now // window) + 1) * window - now))
         return verdicts
 
-    def _key(self, domain: str, entries: Entries, window_start: int) -> str:
+    def _resolve(self, domain: str, entries: Entries) -> tuple[Rule | None, str]:
+        if sum(len(key) + len(value) for key, value in entries) <= CACHED_DESCRIPTOR_CHARS:
+            return self._resolve_cached(domain, entries)
+        return self._resolve_rule(domain, entries)
+
+    def _resolve_rule(self, domain: str, entries: Entries) -> tuple[Rule | None, str]:
+        """A descriptor's rule and its counters' key without the window start."""
+        rule = self._rules.rule_for(domain, entries)
+        if rule is None:
+            return None, ""
         parts = [quote(domain, safe="")]
         parts += [f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in entries]
-        return f"{self._prefix}{'|'.join(parts)}|{window_start}"
+        return rule, f"{self._prefix}{'|'.join(parts)}|"
 
 
 def ratelimit_headers(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:

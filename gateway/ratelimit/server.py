@@ -16,6 +16,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from redis.asyncio import Redis
 
 from gateway.config import RateLimitServiceConfig
+from gateway.ratelimit.counter import BatchedCounter
 from gateway.ratelimit.limiter import FixedWindowLimiter
 from gateway.ratelimit.rules import RateLimitRules
 from gateway.ratelimit.servicer import RateLimitServicer
@@ -35,13 +36,15 @@ def create_server(config: RateLimitServiceConfig) -> MeshServer:
     redis = Redis.from_url(config.runtime.redis_url, decode_responses=True,
                            socket_timeout=REDIS_TIMEOUT_SECONDS,
                            socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
-    limiter = FixedWindowLimiter(redis, rules, prefix=config.key_prefix)
+    counter = BatchedCounter(redis)
+    limiter = FixedWindowLimiter(counter, rules, prefix=config.key_prefix)
     servicer = RateLimitServicer(limiter, config.redis_failure)
 
     def register(server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        await counter.drain()
         await redis.aclose()
 
     async def no_keys() -> dict[str, Any]:

@@ -3,25 +3,31 @@ transport only (unpack the request, ask the limiter, pack the response)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any, TypeAlias
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from redis.exceptions import RedisError
 
 from gateway.ratelimit.limiter import FixedWindowLimiter, Verdict, ratelimit_headers
+from gateway.ratelimit.rules import Rule
 from services.runtime.errors import FieldViolation, InvalidArgument, Unavailable
 
 log = logging.getLogger("llmmesh.ratelimit")
+
+# Envoy's generated modules ship no type stubs: to mypy their messages are Any.
+RequestMessage: TypeAlias = Any  # envoy.service.ratelimit.v3.RateLimitRequest
+ResponseMessage: TypeAlias = Any  # envoy.service.ratelimit.v3.RateLimitResponse
 
 Response = rls_pb2.RateLimitResponse
 _UNITS = {"second": Response.RateLimit.SECOND, "minute": Response.RateLimit.MINUTE,
           "hour": Response.RateLimit.HOUR, "day": Response.RateLimit.DAY}
 
 
-class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
-    """Answers Envoy's ratelimit filter and the Python edge alike.
+class RateLimitServicer:
+    """Answers Envoy's ratelimit filter.
 
     `redis_failure` says what a request gets while Redis cannot count: `error`
     (UNAVAILABLE; the caller's failure mode decides), `allow` (OK) or `deny` (OVER_LIMIT).
@@ -31,33 +37,32 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         self._limiter = limiter
         self._redis_failure = redis_failure
 
-    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
-                              context: grpc.aio.ServicerContext) -> Response:
+    async def ShouldRateLimit(self, request: RequestMessage,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> ResponseMessage:
         violations = []
         if not request.domain:
             violations.append(FieldViolation("domain", "must not be empty"))
         if not request.descriptors:
             violations.append(FieldViolation("descriptors", "must not be empty"))
+        default_hits = request.hits_addend or 1
+        descriptors = []
         for index, descriptor in enumerate(request.descriptors):
-            if not descriptor.entries:
+            entries = tuple([(entry.key, entry.value) for entry in descriptor.entries])
+            if not entries:
                 violations.append(FieldViolation(f"descriptors[{index}].entries",
                                                  "must not be empty"))
+            hits = (descriptor.hits_addend.value if descriptor.HasField("hits_addend")
+                    else default_hits)
+            descriptors.append((entries, hits))
         if violations:
             raise InvalidArgument(violations)
-        default_hits = request.hits_addend or 1
-        descriptors = [
-            ([(entry.key, entry.value) for entry in descriptor.entries],
-             descriptor.hits_addend.value if descriptor.HasField("hits_addend")
-             else default_hits)
-            for descriptor in request.descriptors
-        ]
         try:
             verdicts = await self._limiter.decide(request.domain, descriptors)
         except RedisError as error:
             return self._without_redis(error, len(descriptors))
         return _response(verdicts)
 
-    def _without_redis(self, error: RedisError, count: int) -> Response:
+    def _without_redis(self, error: RedisError, count: int) -> ResponseMessage:
         log.warning("redis unavailable", extra={"error": str(error),
                                                 "mode": self._redis_failure})
         if self._redis_failure == "allow":
@@ -71,28 +76,38 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                           retry_after_seconds=1.0)
 
 
-def _status(verdict: Verdict) -> Response.DescriptorStatus:
-    if verdict.rule is None:
-        return Response.DescriptorStatus(code=Response.OK)
-    status = Response.DescriptorStatus(
-        code=Response.OVER_LIMIT if verdict.over_limit else Response.OK,
-        current_limit=Response.RateLimit(name=verdict.rule.name,
-                                         requests_per_unit=verdict.rule.requests_per_unit,
-                                         unit=_UNITS[verdict.rule.unit]),
-        limit_remaining=verdict.remaining)
-    status.duration_until_reset.FromNanoseconds(int(verdict.reset_seconds * 1e9))
-    return status
+@functools.cache
+def _limit(rule: Rule) -> Any:
+    """A rule as a status's `current_limit` (copied into each response, never changed)."""
+    return Response.RateLimit(name=rule.name, requests_per_unit=rule.requests_per_unit,
+                              unit=_UNITS[rule.unit])
 
 
-def _response(verdicts: list[Verdict]) -> Response:
-    over = [verdict for verdict in verdicts if verdict.over_limit and verdict.rule]
-    body = b""
-    if over and over[0].rule is not None:
-        rule = over[0].rule
-        body = f"rate limit exceeded: {rule.requests_per_unit} per {rule.unit}".encode()
-    return Response(
-        overall_code=Response.OVER_LIMIT if over else Response.OK,
-        raw_body=body,
-        statuses=[_status(verdict) for verdict in verdicts],
-        response_headers_to_add=[base_pb2.HeaderValue(key=key, value=value)
-                                 for key, value in ratelimit_headers(verdicts)])
+def _response(verdicts: list[Verdict]) -> ResponseMessage:
+    # Filled in place (add, CopyFrom): about half the cost of nested constructors.
+    response = Response()
+    first_over: Rule | None = None
+    for verdict in verdicts:
+        rule = verdict.rule
+        if rule is None:
+            response.statuses.add(code=Response.OK)
+            continue
+        status = response.statuses.add(
+            code=Response.OVER_LIMIT if verdict.over_limit else Response.OK,
+            limit_remaining=verdict.remaining)
+        status.current_limit.CopyFrom(_limit(rule))
+        # reset_seconds > 0 (the window ends after now): no normalisation needed.
+        reset = status.duration_until_reset
+        reset.seconds, reset.nanos = divmod(int(verdict.reset_seconds * 1e9), 1_000_000_000)
+        if verdict.over_limit and first_over is None:
+            first_over = rule
+    if first_over is None:
+        response.overall_code = Response.OK
+    else:
+        response.overall_code = Response.OVER_LIMIT
+        response.raw_body = (f"rate limit exceeded: {first_over.requests_per_unit} per "
+                             f"{first_over.unit}").encode()
+    add_header = response.response_headers_to_add.add
+    for key, value in ratelimit_headers(verdicts):
+        add_header(key=key, value=value)
+    return response

@@ -19,7 +19,7 @@ from google.protobuf import wrappers_pb2
 from gateway.config import RateLimitServiceConfig
 from gateway.ratelimit.rules import RateLimitRules, RulesError
 from gateway.ratelimit.server import create_server
-from services.mesh.redis_server import LocalRedis, free_port
+from mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.conftest import mesh_env
@@ -85,6 +85,29 @@ async def test_a_burst_of_200_concurrent_requests_lets_exactly_the_limit_through
     assert remaining[:151] == [0] * 151 and remaining[-1] == 49
 
 
+async def test_concurrent_requests_of_different_callers_each_get_their_own_verdict(
+        stub: rls_pb2_grpc.RateLimitServiceStub) -> None:
+    heavy, light = uuid.uuid4().hex, uuid.uuid4().hex
+    calls = [(user, stub.ShouldRateLimit(request([("route_class", "burst"), ("user", user)],
+                                                 [("user", user)]), timeout=10))
+             for user in [heavy] * 80 + [light] * 20]
+    answers = {heavy: [], light: []}
+    for (user, _), answer in zip(calls, await asyncio.gather(*(call for _, call in calls)),
+                                 strict=True):
+        answers[user].append(answer)
+    heavy_ok = [a for a in answers[heavy] if a.overall_code == OK]
+    assert len(heavy_ok) == 50
+    assert sorted(a.statuses[0].limit_remaining for a in heavy_ok) == list(range(50))
+    assert sorted(a.statuses[1].limit_remaining for a in answers[heavy]) == list(
+        range(10_000 - 80, 10_000))
+    assert all(a.overall_code == OK for a in answers[light])
+    assert sorted(a.statuses[0].limit_remaining for a in answers[light]) == list(
+        range(30, 50))
+    over = next(a for a in answers[heavy] if a.overall_code == OVER)
+    assert [s.code for s in over.statuses] == [OVER, OK]
+    assert over.raw_body == b"rate limit exceeded: 50 per minute"
+
+
 async def test_statuses_limits_and_headers(stub: rls_pb2_grpc.RateLimitServiceStub) -> None:
     user = uuid.uuid4().hex
     tiny = [("route_class", "tiny"), ("user", user)]
@@ -119,6 +142,14 @@ async def test_hits_addend_per_request_and_per_descriptor(
     assert (await stub.ShouldRateLimit(request(burst))).overall_code == OVER
 
 
+async def test_long_descriptor_values_are_counted_like_short_ones(
+        stub: rls_pb2_grpc.RateLimitServiceStub) -> None:
+    user = uuid.uuid4().hex * 40  # past the limiter's cache of resolved descriptors
+    tiny = [("route_class", "tiny"), ("user", user)]
+    codes = [(await stub.ShouldRateLimit(request(tiny))).overall_code for _ in range(4)]
+    assert codes == [OK, OK, OK, OVER]
+
+
 async def test_specific_values_win_over_wildcards_and_unknown_domains_are_unlimited(
         stub: rls_pb2_grpc.RateLimitServiceStub) -> None:
     vip = [("route_class", "tiny"), ("user", "vip")]
@@ -146,16 +177,21 @@ async def test_redis_down_answers_as_configured(redis_server: LocalRedis, data_d
                          redis_url=f"redis://127.0.0.1:{free_port()}/0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            call = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(
-                request([("route_class", "tiny"), ("user", "u")]), timeout=5)
-            if isinstance(outcome, grpc.StatusCode):
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call
-                assert caught.value.code() == outcome
-            else:
-                assert (await call).overall_code == outcome
+            stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+            answers = await asyncio.gather(*(  # concurrent: counted (and failed) together
+                stub.ShouldRateLimit(request([("route_class", "tiny"), ("user", f"u{i}")],
+                                             [("user", f"u{i}")]), timeout=5)
+                for i in range(10)), return_exceptions=True)
     finally:
         await server.stop(0)
+    for answer in answers:
+        if isinstance(outcome, grpc.StatusCode):
+            assert isinstance(answer, grpc.aio.AioRpcError)
+            assert answer.code() == outcome
+        else:
+            assert isinstance(answer, rls_pb2.RateLimitResponse)
+            assert answer.overall_code == outcome
+            assert [s.code for s in answer.statuses] == [outcome, outcome]
 
 
 def test_malformed_rule_files_are_refused() -> None:
