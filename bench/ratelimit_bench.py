@@ -167,14 +167,12 @@ def floor_response() -> bytes:
         code=response.OK, limit_remaining=10**9 - 1,
         current_limit=response.RateLimit(requests_per_unit=10**9, unit=response.RateLimit.HOUR))
     status.duration_until_reset.FromSeconds(1800)
-    return bytes(response(overall_code=response.OK, statuses=[status, status],
-                    response_headers_to_add=[
-                        base_pb2.HeaderValue(key="x-ratelimit-limit",
-                                             value="1000000000, 1000000000;w=3600, "
-                                                   "1000000000;w=3600"),
-                        base_pb2.HeaderValue(key="x-ratelimit-remaining", value="999999999"),
-                        base_pb2.HeaderValue(key="x-ratelimit-reset", value="1800")],
-                    ).SerializeToString())
+    headers = [("x-ratelimit-limit", "1000000000, 1000000000;w=3600, 1000000000;w=3600"),
+               ("x-ratelimit-remaining", "999999999"), ("x-ratelimit-reset", "1800")]
+    return bytes(response(
+        overall_code=response.OK, statuses=[status, status],
+        response_headers_to_add=[base_pb2.HeaderValue(key=key, value=value)
+                                 for key, value in headers]).SerializeToString())
 
 
 def serve_floor(port: int, kind: str) -> None:
@@ -304,7 +302,7 @@ class Stack:
 
     def __init__(self, work: Path) -> None:
         self.work = work
-        self.redis = LocalRedis(work / "redis", free_port(), persistent=False)
+        self.redis = LocalRedis(work / "redis", persistent=False)  # picks a free port
         self.redis_pid = 0
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -339,6 +337,7 @@ class Stack:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd),
                                                            os.environ.get("PYTHONPATH")]))}
         log = name.replace(" ", "-")
+        # The service reads its port from the environment; a floor takes it as argument.
         process = self.spawn(log, [*argv, *([] if prefix else [str(port)])], env, cwd)
         address = f"127.0.0.1:{port}"
         await wait_serving(address, process, STARTUP_SECONDS, name, lambda: self.log_tail(log))
@@ -472,7 +471,7 @@ async def run(options: argparse.Namespace) -> None:
         stack = Stack(Path(tmp))
         try:
             stack.start_redis()
-            targets = [await stack.start("service", service, options.service_root,
+            targets = [await stack.start("service", service, ROOT,
                                          prefix=f"bench-{uuid.uuid4().hex[:8]}:")]
             if options.compare:
                 targets.append(await stack.start("compared checkout", service, options.compare,
@@ -527,8 +526,6 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="also measure the service from another checkout, rounds "
                              "alternating (e.g. `git archive HEAD | tar -x -C DIR`)")
-    parser.add_argument("--service-root", type=Path, default=ROOT, metavar="DIR",
-                        help=argparse.SUPPRESS)
     parser.add_argument("--client", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", metavar="KIND", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
