@@ -31,7 +31,10 @@ log = logging.getLogger("llmmesh.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Logged at DEBUG: probes, and the edge's per-request rate-limit decision (Envoy's access
+# log has every request already).
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.",
+                   "/envoy.service.ratelimit.v3.RateLimitService/")
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -50,6 +53,8 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, metrics: ServerMetrics) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
+        # The wrapped handler of each method, built once (grpc asks for it on every call).
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -57,10 +62,19 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                                Awaitable[grpc.RpcMethodHandler[RequestT, ResponseT] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None:  # not a method of this server: grpc answers UNIMPLEMENTED
             return None
-        method = handler_call_details.method
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
+              ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
         if handler.response_streaming:
             streaming: Behavior | None = handler.unary_stream or handler.stream_stream
             assert streaming is not None, f"{method}: a streaming handler without behaviour"
@@ -182,10 +196,11 @@ class _Call:
         if self.code is not grpc.StatusCode.OK:
             metrics.errors.labels(self.service, self.method_name, code).inc()
         level = logging.DEBUG if self.method.startswith(_QUIET_PREFIXES) else logging.INFO
-        principal = principal_var.get()
-        log.log(level, "rpc", extra={"method": self.method, "code": code,
-                                     "duration_ms": round(elapsed * 1000, 3),
-                                     "caller": principal.subject or principal.kind})
+        if log.isEnabledFor(level):
+            principal = principal_var.get()
+            log.log(level, "rpc", extra={"method": self.method, "code": code,
+                                         "duration_ms": round(elapsed * 1000, 3),
+                                         "caller": principal.subject or principal.kind})
         for token in reversed(self._tokens):
             # A stream finalised from another context (after the client went away): the
             # values were only ever set in the call's own context, so nothing leaks.
