@@ -117,7 +117,7 @@ async def test_metrics_are_served_over_http(env) -> None:
     async def ok(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
         return b"pong"
 
-    from tests.conftest import free_port
+    from mesh.redis_server import free_port
 
     env = {**env, "LLMMESH_EMBEDDING_METRICS_PORT": str(free_port())}
     server = _probe_server(env, {"Ping": grpc.unary_unary_rpc_method_handler(ok)})
