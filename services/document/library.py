@@ -12,6 +12,9 @@ from services.runtime.errors import NotFound
 from services.runtime.names import document_name
 
 SEARCH_OVERFETCH = 10  # room for chunks of uncommitted documents, dropped after the query
+# When uncommitted chunks (an ingestion in flight, or a failed one's leftovers) crowd the
+# first fetch, it is widened (doubling) up to this many chunks.
+SEARCH_MAX_FETCH = 2000
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,18 @@ class DocumentLibrary:
                      document_ids: Sequence[str] = (),
                      min_score: float | None = None) -> list[ChunkHit]:
         (vector,) = await self._embed([query])
-        hits = await self._store.query(user_id, vector, k + SEARCH_OVERFETCH,
-                                       collection=collection, document_ids=document_ids)
-        committed = await self._records.committed(user_id, sorted({h.document_id for h in hits}))
-        kept = [h for h in hits if h.document_id in committed
-                and (min_score is None or h.score >= min_score)]
+        fetch = k + SEARCH_OVERFETCH
+        while True:
+            hits = await self._store.query(user_id, vector, fetch,
+                                           collection=collection, document_ids=document_ids)
+            committed = await self._records.committed(
+                user_id, sorted({h.document_id for h in hits}))
+            kept = [h for h in hits if h.document_id in committed]
+            # Enough committed hits, or the store has no more, or the widening is spent.
+            if len(kept) >= k or len(hits) < fetch or fetch >= SEARCH_MAX_FETCH:
+                break
+            fetch = min(fetch * 2, SEARCH_MAX_FETCH)
+        kept = [h for h in kept if min_score is None or h.score >= min_score]
         kept.sort(key=lambda h: h.score, reverse=True)
         return kept[:k]
 
