@@ -2,9 +2,20 @@
 one), every service as its own process on 127.0.0.1, the rate limit service and Envoy
 as the edge (REST, SSE and gRPC on :8080; its bootstrap generated from gateway/spec.py
 for this machine into `<data dir>/envoy/`). Waits for each to report SERVING over gRPC
-health checking (Envoy: its admin /ready, then GET /healthz through the edge), prints
-the endpoints, and on Ctrl-C (or SIGTERM, or any process dying) stops everything: the
-edge and services first, gracefully, then Redis.
+health checking (Envoy: its admin /ready, then GET /healthz through the edge) and prints
+the endpoints.
+
+A child that dies afterwards (a service, the rate limit service, Envoy or Redis, which
+replays its AOF) is restarted on the same ports after a backoff (0.5 s, doubling up to
+10 s) and waited for until healthy again; peers reconnect by themselves. Only when one
+child crashes LLMMESH_RESTART_LIMIT times (5) within LLMMESH_RESTART_WINDOW_SECONDS (60)
+does the launcher give up, stop everything and exit 1. A child that fails while the
+mesh first starts is not retried: that is a setup problem, reported at once.
+
+On Ctrl-C (or SIGTERM) it stops in dependency order, one group at a time, each child
+SIGTERMed and waited for (up to its grace) before the next group is signalled, so
+in-flight calls drain while the peers they need are still up: the edge, then chat,
+then document and embedding, then the rate limit service and auth, then Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -34,16 +46,46 @@ from services.runtime.config import DEFAULT_PORTS, Env, endpoint
 
 SERVICES = ("auth", "embedding", "document", "chat")
 STARTUP_TIMEOUT_SECONDS = 120.0
-STOP_TIMEOUT_SECONDS = 15.0
+# Who is stopped when: each group only once the one before it has exited, so a child
+# still finishing a call can reach what it calls (chat extends holds through auth).
+STOP_ORDER: tuple[tuple[str, ...], ...] = (
+    ("edge",), ("chat",), ("document", "embedding"), ("ratelimit", "auth"), ("redis",))
+# On top of a service's own LLMMESH_SHUTDOWN_GRACE_SECONDS: its cleanups after the drain.
+STOP_MARGIN_SECONDS = 5.0
+EDGE_STOP_SECONDS = 10.0
+REDIS_STOP_SECONDS = 10.0
+RESTART_BACKOFF_MAX_SECONDS = 10.0
+
+
+class StopRequested(Exception):
+    """Ctrl-C (or SIGTERM) arrived while a child was starting."""
 
 
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen[bytes]
     address: str
     metrics_port: int
     log_path: Path
+    # Starts the process (and, for Redis and Envoy, waits until it is up).
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    # Waits until a freshly spawned process is healthy (raises if it is not by then).
+    ready: Callable[[Child, float], None]
+    grace: float
+    process: subprocess.Popen[bytes] | None = None
+    crashes: list[float] = field(default_factory=list)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def stop_groups(names: list[str]) -> list[list[str]]:
+    """`names` in the order they are stopped, grouped: anything STOP_ORDER does not
+    know goes first (nothing depends on it)."""
+    known = {name for group in STOP_ORDER for name in group}
+    groups = [[name for name in names if name not in known]]
+    groups += [[name for name in group if name in names] for group in STOP_ORDER]
+    return [group for group in groups if group]
 
 
 class Mesh:
@@ -59,29 +101,52 @@ class Mesh:
         self.children: list[Child] = []
         self._stopping = threading.Event()
         self.edge_admin_port = 0
+        self.restart_backoff = reader.number("LLMMESH_RESTART_BACKOFF_SECONDS", 0.5)
+        self.restart_limit = reader.integer("LLMMESH_RESTART_LIMIT", 5, minimum=1)
+        self.restart_window = reader.number("LLMMESH_RESTART_WINDOW_SECONDS", 60.0)
+        self.service_grace = (reader.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0)
+                              + STOP_MARGIN_SECONDS)
+
+    def say(self, line: str) -> None:
+        print(f"llmmesh: {line}", file=self.out, flush=True)
 
     def start(self) -> None:
         reader = Env(self.env)
         if reader.optional("LLMMESH_REDIS_URL") is None:
             port = reader.integer("LLMMESH_REDIS_PORT", 6380, minimum=1, maximum=65535)
-            self.redis = LocalRedis(self.data_dir / "redis", port,
-                                    binary=_optional_path(reader.optional("LLMMESH_REDIS_SERVER")))
-            self.redis.start()
-            self.env["LLMMESH_REDIS_URL"] = self.redis.url
+            redis = self.redis = LocalRedis(
+                self.data_dir / "redis", port,
+                binary=_optional_path(reader.optional("LLMMESH_REDIS_SERVER")))
+
+            def spawn_redis() -> subprocess.Popen[bytes]:
+                if redis.process is None:
+                    redis.start()
+                else:
+                    redis.restart()
+                assert redis.process is not None
+                return redis.process
+
+            child = Child("redis", f"127.0.0.1:{port}", 0, redis.log_path, spawn_redis,
+                          lambda _child, _deadline: None, REDIS_STOP_SECONDS)
+            self.children.append(child)
+            child.process = child.spawn()
+            self.env["LLMMESH_REDIS_URL"] = redis.url
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         host = reader.text("LLMMESH_LISTEN_HOST", "127.0.0.1")
+        services = []
         for name in SERVICES:
             where = endpoint(reader, name, host)
-            self._spawn(name, f"services.{name}", where.address, where.metrics_port, logs)
+            services.append(self._service(name, f"services.{name}", where.address,
+                                          where.metrics_port, logs))
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        for child in self.children:
-            self._wait_serving(child, deadline)
+        for child in services:
+            child.ready(child, deadline)
         metrics_port = reader.integer("LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT,
-                                  minimum=0, maximum=65535)
-        limiter = self._spawn("ratelimit", "gateway.ratelimit", ratelimit_address(reader, host),
-                              metrics_port, logs)
-        self._wait_serving(limiter, deadline)
+                                      minimum=0, maximum=65535)
+        limiter = self._service("ratelimit", "gateway.ratelimit",
+                                ratelimit_address(reader, host), metrics_port, logs)
+        limiter.ready(limiter, deadline)
         self._start_edge(EdgeConfig.from_env(reader), logs, deadline)
 
     def _start_edge(self, config: EdgeConfig, logs: Path, deadline: float) -> None:
@@ -92,33 +157,54 @@ class Mesh:
             ratelimit=config.ratelimit, listen_address=config.listen_host,
             cors_origins=config.cors_origins)
         log_path = logs / "edge.log"
-        try:
-            envoy = start_local_edge(LLMMESH_SPEC, target, log_path=log_path)
-            self.edge_admin_port = envoy.admin_port
-        except EnvoyError as error:
-            raise RuntimeError(f"edge (envoy): {error}") from error
-        assert envoy.process is not None
-        connect = "127.0.0.1" if config.listen_host in {"0.0.0.0", "::"} else config.listen_host  # noqa: S104
-        child = Child("edge", envoy.process, f"{connect}:{config.port}", 0, log_path)
-        self.children.append(child)
-        self._wait_http(child, f"http://{child.address}{LLMMESH_SPEC.health_path}", deadline)
 
-    def _spawn(self, name: str, module: str, address: str, metrics_port: int,
-               logs: Path) -> Child:
-        log_path = logs / f"{name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
-                [sys.executable, "-m", module], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        child = Child(name, process, address, metrics_port, log_path)
+        def spawn() -> subprocess.Popen[bytes]:
+            try:
+                envoy = start_local_edge(LLMMESH_SPEC, target, log_path=log_path)
+            except EnvoyError as error:
+                raise RuntimeError(f"edge (envoy): {error}") from error
+            self.edge_admin_port = envoy.admin_port
+            assert envoy.process is not None
+            return envoy.process
+
+        connect = "127.0.0.1" if config.listen_host in {"0.0.0.0", "::"} else config.listen_host  # noqa: S104
+        address = f"{connect}:{config.port}"
+        child = Child("edge", address, 0, log_path, spawn,
+                      lambda child, deadline: self._wait_http(
+                          child, f"http://{address}{LLMMESH_SPEC.health_path}", deadline),
+                      EDGE_STOP_SECONDS)
         self.children.append(child)
+        child.process = child.spawn()
+        child.ready(child, deadline)
+
+    def _service(self, name: str, module: str, address: str, metrics_port: int,
+                 logs: Path) -> Child:
+        """A Python service on `address`, spawned (not yet waited for)."""
+        log_path = logs / f"{name}.log"
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with open(log_path, "ab") as log:
+                return subprocess.Popen(  # noqa: S603 — our own interpreter and module
+                    [sys.executable, "-m", module], env=self.env,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        child = Child(name, address, metrics_port, log_path, spawn, self._wait_serving,
+                      self.service_grace)
+        self.children.append(child)
+        child.process = child.spawn()
         return child
+
+    def _check_alive(self, child: Child) -> None:
+        assert child.process is not None
+        if self._stopping.is_set():
+            raise StopRequested
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n"
+                               + _tail(child.log_path))
 
     def _wait_http(self, child: Child, url: str, deadline: float) -> None:
         while True:
-            if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n"
-                                   + _tail(child.log_path))
+            self._check_alive(child)
             try:
                 with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310
                     if answer.status == 200:
@@ -134,9 +220,7 @@ class Mesh:
         with grpc.insecure_channel(child.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
-                if child.process.poll() is not None:
-                    raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n"
-                                       + _tail(child.log_path))
+                self._check_alive(child)
                 try:
                     # types-grpcio-health-checking's HealthStub declares no methods (the
                     # generated class sets them in __init__).
@@ -154,6 +238,8 @@ class Mesh:
     def describe(self) -> str:
         lines = ["llmmesh is running:"]
         for child in self.children:
+            if child.name == "redis":
+                continue
             metrics = (f"   metrics http://127.0.0.1:{child.metrics_port}/metrics"
                        if child.metrics_port else "")
             if child.name == "edge":
@@ -168,29 +254,77 @@ class Mesh:
         return "\n".join(lines)
 
     def wait(self) -> str | None:
-        """Block until asked to stop or a child dies; returns the dead child's name."""
+        """Supervise until asked to stop: restart whatever dies. Returns the name of a
+        child that crashed too often (the caller then stops the mesh), else None."""
         while not self._stopping.wait(0.2):
             for child in self.children:
-                if child.process.poll() is not None:
-                    return child.name
+                if child.process is not None and child.process.poll() is not None:
+                    try:
+                        if not self._restart(child):
+                            return child.name
+                    except StopRequested:
+                        return None
         return None
+
+    def _restart(self, child: Child) -> bool:
+        """Bring a dead child back, with backoff; False once it crashed too often."""
+        while True:
+            assert child.process is not None
+            code = child.process.returncode
+            now = time.monotonic()
+            child.crashes = [t for t in child.crashes if now - t < self.restart_window] + [now]
+            attempt = len(child.crashes)
+            if attempt >= self.restart_limit:
+                self.say(f"giving up on {child.name}: it exited {attempt} times within "
+                         f"{self.restart_window:g} s (last exit code {code}); "
+                         f"see {child.log_path}")
+                return False
+            delay = min(self.restart_backoff * 2 ** (attempt - 1), RESTART_BACKOFF_MAX_SECONDS)
+            self.say(f"{child.name} exited with code {code} (log: {child.log_path}); "
+                     f"restarting in {delay:g} s (attempt {attempt})")
+            if self._stopping.wait(delay):
+                raise StopRequested
+            try:
+                child.process = child.spawn()
+                child.ready(child, time.monotonic() + STARTUP_TIMEOUT_SECONDS)
+            except RuntimeError:
+                if child.process.poll() is None:  # alive but never healthy: a crash too
+                    self.say(f"{child.name} did not become healthy in "
+                             f"{STARTUP_TIMEOUT_SECONDS:g} s; killing it")
+                    _terminate(child.process, 1.0)
+                continue  # counted and reported (exit code, log) at the top
+            self.say(f"{child.name} is back on {child.address} (attempt {attempt})")
+            return True
 
     def request_stop(self) -> None:
         self._stopping.set()
 
     def stop(self) -> None:
-        for child in reversed(self.children):  # the edge first
-            if child.process.poll() is None:
+        """Stop in dependency order: each group SIGTERMed and waited for (up to each
+        child's grace, then SIGKILL) before the next group gets its signal."""
+        by_name = {child.name: child for child in self.children}
+        for group in stop_groups(list(by_name)):
+            members = [by_name[name] for name in group if by_name[name].running()]
+            for child in members:
+                assert child.process is not None
+                self.say(f"stopping {child.name}")
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for child in self.children:
-            try:
-                child.process.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
-        if self.redis is not None:
-            self.redis.stop()
+            for child in members:
+                assert child.process is not None
+                code = _terminate(child.process, child.grace, signalled=True)
+                self.say(f"stopped {child.name} (exit code {code})")
+
+
+def _terminate(process: subprocess.Popen[bytes], grace: float,
+               signalled: bool = False) -> int:
+    """SIGTERM (unless already sent), wait up to `grace` s, then SIGKILL."""
+    if not signalled and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -205,21 +339,29 @@ def _optional_path(value: str | None) -> Path | None:
 
 
 def main() -> int:
-    mesh = Mesh(dict(os.environ))
+    try:
+        mesh = Mesh(dict(os.environ))
+    except ValueError as error:  # ConfigError: a setting the launcher reads itself
+        print(f"llmmesh failed to start: {error}", file=sys.stderr)
+        return 1
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: mesh.request_stop())
     try:
         mesh.start()
+    except StopRequested:
+        mesh.stop()
+        return 0
     except (RuntimeError, OSError) as error:
         print(f"llmmesh failed to start: {error}", file=sys.stderr)
         mesh.stop()
         return 1
     print(mesh.describe(), flush=True)
-    died = mesh.wait()
+    gave_up = mesh.wait()
     print("stopping llmmesh ...", flush=True)
     mesh.stop()
-    if died:
-        print(f"{died} exited unexpectedly; see {mesh.data_dir / 'logs'}", file=sys.stderr)
+    if gave_up:
+        print(f"llmmesh stopped: {gave_up} kept crashing; see {mesh.data_dir / 'logs'}",
+              file=sys.stderr)
         return 1
     print("stopped.", flush=True)
     return 0

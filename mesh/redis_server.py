@@ -55,6 +55,14 @@ class LocalRedis:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._process
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
@@ -70,6 +78,10 @@ class LocalRedis:
                 if attempt == attempts - 1:
                     raise
 
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start again on the same port (clients keep their URL), replaying the AOF."""
+        self._start_once(timeout)
+
     def _start_once(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
@@ -77,7 +89,10 @@ class LocalRedis:
                 "--save", "", "--appendonly", "yes" if self.persistent else "no"]
         log_path = self.data_dir / "server.log"
         log = open(log_path, "ab")  # noqa: SIM115 — owned by the process
-        self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        # A session of its own: a Ctrl-C in the terminal reaches the launcher only, which
+        # stops Redis last, after everything that writes to it.
+        self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                         start_new_session=True)
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout

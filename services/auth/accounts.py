@@ -8,7 +8,7 @@ from services.auth.access_tokens import AccessTokenIssuer, IssuedAccessToken
 from services.auth.passwords import PasswordHasher
 from services.auth.refresh_tokens import IssuedRefreshToken, RefreshRefused, RefreshTokenStore
 from services.auth.users import DuplicateUser, UserRecord, UserStore
-from services.auth.validation import check_registration
+from services.auth.validation import check_registration, password_too_long
 from services.runtime.errors import AlreadyExists, FieldViolation, Unauthenticated, check_fields
 
 LOGIN_REFUSED = "invalid username or password"
@@ -51,7 +51,8 @@ class Accounts:
     async def login(self, username_or_email: str, password: str) -> Session:
         check_fields([
             FieldViolation("username", "is required") if not username_or_email else None,
-            FieldViolation("password", "is required") if not password else None,
+            FieldViolation("password", "is required") if not password
+            else password_too_long(password, "password"),
         ])
         user = await self._users.find(username_or_email)
         # Unknown user and wrong password cost one bcrypt check each and answer alike.

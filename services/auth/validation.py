@@ -33,9 +33,16 @@ def email_violation(email: str, field: str) -> FieldViolation | None:
 
 
 def password_violation(password: str, field: str) -> FieldViolation | None:
-    size = len(password.encode("utf-8"))
-    if size < PASSWORD_MIN_BYTES:
+    if len(password.encode("utf-8")) < PASSWORD_MIN_BYTES:
         return FieldViolation(field, f"must be at least {PASSWORD_MIN_BYTES} bytes")
+    return password_too_long(password, field)
+
+
+def password_too_long(password: str, field: str) -> FieldViolation | None:
+    """Login's rule: no password over bcrypt's 72 bytes was ever accepted at registration,
+    and bcrypt 5 raises for one (older releases silently truncated), so such a login is
+    refused as INVALID_ARGUMENT before any lookup — the same answer for every username."""
+    size = len(password.encode("utf-8"))
     if size > PASSWORD_MAX_BYTES:
         return FieldViolation(field, f"must be at most {PASSWORD_MAX_BYTES} bytes of UTF-8 "
                                      f"(bcrypt's limit), got {size}")

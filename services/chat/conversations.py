@@ -27,8 +27,10 @@ from services.runtime.redis_client import scored_members, text_hash
 TITLE_CHARS = 60
 
 # KEYS: index, conversation, messages. ARGV: id, now ms, retention s, title, is new,
-# user message, assistant message, retention ms.
+# user message, assistant message, retention ms. A turn whose answer is already the
+# last message is not appended again (a retry after a reply that was lost).
 _APPEND = """
+if redis.call('LINDEX', KEYS[3], -1) == ARGV[7] then return 1 end
 if ARGV[5] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[2], 'title', ARGV[4])
 redis.call('HSETNX', KEYS[2], 'create_ms', ARGV[2])
@@ -119,7 +121,8 @@ class ConversationStore:
 
     async def append_turn(self, user: str, conversation: str, *, is_new: bool,
                           question: MessageRecord, answer: MessageRecord) -> bool:
-        """Store a completed turn; False when a continued conversation was deleted."""
+        """Store a completed turn; False when a continued conversation was deleted.
+        Idempotent: the same records again (a retry) do not append the turn twice."""
         now = max(question.create_ms, answer.create_ms)
         title = " ".join(question.content.split())[:TITLE_CHARS]
         stored = await self._append(

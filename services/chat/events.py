@@ -74,6 +74,12 @@ class Finished:
     create_time: float = 0.0
     sources: tuple[Source, ...] = field(default_factory=tuple)
 
+    @property
+    def stored(self) -> bool:
+        """Whether the turn went into the conversation's history (an empty message
+        name: it did not, though the answer was delivered and charged)."""
+        return bool(self.message_name)
+
 
 @dataclass(frozen=True)
 class Failed:

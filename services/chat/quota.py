@@ -21,7 +21,8 @@ from google.protobuf import duration_pb2
 from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 
 from services.runtime.context import servicer_context_var
-from services.runtime.rpc_errors import from_peer
+from services.runtime.errors import Unavailable
+from services.runtime.rpc_errors import PEER_RETRY_SECONDS, from_peer
 
 log = logging.getLogger("llmmesh.chat.quota")
 
@@ -37,6 +38,13 @@ class Hold:
 
     reservation_id: str
     tokens: int
+
+
+def quota_unavailable(code: grpc.StatusCode) -> Unavailable:
+    """The error a turn fails with when auth could not answer a quota call."""
+    return Unavailable("quota service is unavailable; retry later", reason="QUOTA_UNAVAILABLE",
+                       retry_after_seconds=PEER_RETRY_SECONDS,
+                       metadata={"peer": "quota", "peer_code": code.name})
 
 
 class QuotaClient:
@@ -57,14 +65,17 @@ class QuotaClient:
         return Hold(answer.reservation.reservation_id, answer.reservation.tokens)
 
     async def extend(self, hold: Hold, tokens: int) -> bool:
-        """Grow `hold` by `tokens`; False when the quota has no room for them."""
+        """Grow `hold` by `tokens`; False when the quota has no room for them
+        (RESOURCE_EXHAUSTED). Any other failure (auth down, slow, broken) is not an
+        exhausted quota: it raises Unavailable (QUOTA_UNAVAILABLE, with RetryInfo)."""
         try:
             answer = await self._stub.ExtendReservation(quota_pb2.ExtendReservationRequest(
                 reservation_id=hold.reservation_id, additional_tokens=tokens))
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # no room is the norm
-                log.warning("extending a hold failed", extra={"code": error.code().name})
-            return False
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # no room: the norm
+                return False
+            log.warning("extending a hold failed", extra={"code": error.code().name})
+            raise quota_unavailable(error.code()) from None
         hold.tokens = answer.reservation.tokens
         return True
 

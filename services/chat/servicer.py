@@ -62,7 +62,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         conversation=f"conversations/{turn.conversation_id}",
                         model=turn.model.spec.id, message=_answer(event, turn.model.spec.id),
                         sources=[_source(s) for s in event.sources],
-                        usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason])
+                        usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason],
+                        stored=event.stored)
         raise AssertionError("a turn always ends with Finished or Failed")
 
     async def StreamChat(
@@ -170,7 +171,7 @@ def _stream_event(event: object) -> chat_pb2.StreamChatResponse:
     if isinstance(event, Finished):
         return chat_pb2.StreamChatResponse(done=chat_pb2.StreamDone(
             usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason],
-            message=event.message_name))
+            message=event.message_name, stored=event.stored))
     assert isinstance(event, Failed)
     return chat_pb2.StreamChatResponse(error=to_status(event.error))
 

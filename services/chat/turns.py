@@ -5,9 +5,12 @@ the conversation, retrieval, the quota hold): its errors are ordinary statuses.
 `run` then streams the answer's events; failures after the start become a
 `Failed` event. Quota: the worst case (prompt estimate + max_tokens) is held
 first; a stream that outgrows its hold asks for more and is cut off
-(QUOTA_EXHAUSTED) when refused; the real usage is charged at the end. A turn is
-stored only once it completed (cut-off turns included); a cancelled or failed one
-stores nothing and is charged what it delivered (nothing at all frees the hold).
+(QUOTA_EXHAUSTED) when refused; when auth cannot answer at all the turn fails
+(UNAVAILABLE), since that is no exhausted quota. The real usage is charged at the
+end. A turn is stored only once it completed (cut-off turns included); a cancelled
+or failed one stores nothing and is charged what it delivered (nothing at all frees
+the hold). A completed turn whose history write still fails after a few quick tries
+finishes all the same, marked not stored: the answer was delivered and charged.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from services.runtime.provider_errors import provider_error
 log = logging.getLogger("llmmesh.chat")
 
 MIN_EXTENSION_TOKENS = 64
+STORE_RETRY_DELAYS = (0.1, 0.3)  # pauses between the tries to store a turn (3 tries)
+STORE_BUDGET_SECONDS = 1.0  # for all the tries together
 
 
 @dataclass
@@ -96,13 +101,17 @@ class ChatEngine:
     """Prepares and runs turns for the servicer."""
 
     def __init__(self, registry: ModelRegistry, store: ConversationStore, quota: QuotaClient,
-                 search: DocumentSearch, *, history_turns: int, max_message_chars: int) -> None:
+                 search: DocumentSearch, *, history_turns: int, max_message_chars: int,
+                 store_retry_delays: Sequence[float] = STORE_RETRY_DELAYS,
+                 store_budget_seconds: float = STORE_BUDGET_SECONDS) -> None:
         self.registry = registry
         self.store = store
         self._quota = quota
         self._search = search
         self._history_turns = history_turns
         self._max_message_chars = max_message_chars
+        self._store_retry_delays = tuple(store_retry_delays)
+        self._store_budget = store_budget_seconds
 
     async def prepare(self, user_id: str, request: TurnRequest) -> PreparedTurn:
         valid = validate_turn(request, self.registry, self._max_message_chars)
@@ -173,11 +182,9 @@ class ChatEngine:
         if turn.sources is not None:
             yield SourcesFound(turn.sources)
         await asyncio.shield(settled)
-        try:
-            name = await self._store(turn, generation, usage, started_ms)
-        except Exception as error:  # noqa: BLE001
-            yield Failed(self._failure(error, turn))
-            return
+        # Every token was delivered and charged: a failed history write does not fail
+        # the turn, the Finished event says it was not stored (an empty message name).
+        name = await self._store(turn, generation, usage, started_ms)
         yield Finished(usage=usage, finish_reason=generation.finish, message_name=name,
                        content=generation.text, create_time=time.time(),
                        sources=turn.sources or ())
@@ -212,16 +219,40 @@ class ChatEngine:
 
     async def _store(self, turn: PreparedTurn, generation: Generation, usage: Usage,
                      started_ms: int) -> str:
+        """The stored answer's name; empty when the turn could not be stored (the
+        conversation was deleted while answering, or every try to write it failed)."""
         answer_id = new_id()
-        stored = await self.store.append_turn(
-            turn.user_id, turn.conversation_id, is_new=turn.is_new,
-            question=MessageRecord(new_id(), "user", turn.question, started_ms),
-            answer=MessageRecord(answer_id, "assistant", generation.text,
-                                 int(time.time() * 1000), model=turn.model.spec.id,
-                                 sources=turn.sources or (), usage=usage))
+        question = MessageRecord(new_id(), "user", turn.question, started_ms)
+        answer = MessageRecord(answer_id, "assistant", generation.text,
+                               int(time.time() * 1000), model=turn.model.spec.id,
+                               sources=turn.sources or (), usage=usage)
+        try:
+            async with asyncio.timeout(self._store_budget):
+                stored = await self._append(turn, question, answer)
+        except Exception as error:  # TimeoutError (the budget) included
+            log.error("storing a delivered turn failed; finishing it unstored",
+                      exc_info=error, extra={"conversation": turn.conversation_id})
+            return ""
         if not stored:  # the conversation was deleted while answering
             return ""
         return f"conversations/{turn.conversation_id}/messages/{answer_id}"
+
+    async def _append(self, turn: PreparedTurn, question: MessageRecord,
+                      answer: MessageRecord) -> bool:
+        """Append the turn, retrying briefly; the same records each time, and the
+        store skips a turn already appended (a try whose reply was lost)."""
+        for delay in self._store_retry_delays:
+            try:
+                return await self.store.append_turn(turn.user_id, turn.conversation_id,
+                                                    is_new=turn.is_new, question=question,
+                                                    answer=answer)
+            except Exception as error:  # noqa: BLE001 — retried, then raised
+                log.warning("storing a turn failed; retrying", extra={
+                    "conversation": turn.conversation_id, "error": type(error).__name__})
+            await asyncio.sleep(delay)
+        return await self.store.append_turn(turn.user_id, turn.conversation_id,
+                                            is_new=turn.is_new, question=question,
+                                            answer=answer)
 
 
 async def _no_history() -> list[HistoryMessage]:

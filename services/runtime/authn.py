@@ -3,6 +3,10 @@
 Every method needs a user's access token unless its service declares it public
 (no token needed; a bad token is still refused, as Envoy's `allow_missing`) or
 internal (the shared service credential, never a user token).
+
+A credential header sent more than once is refused (AMBIGUOUS_CREDENTIALS), whichever
+values it carries: serving the first or the last would let what a proxy adds or keeps
+decide who the caller is.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import enum
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.runtime.context import ANONYMOUS, Principal
@@ -68,11 +72,13 @@ class Authenticator:
         self._service_token = service_token.encode()
         self._policy = policy
 
-    async def authenticate(self, method: str, metadata: Mapping[str, str]) -> Principal:
+    async def authenticate(self, method: str,
+                           metadata: Mapping[str, Sequence[str]]) -> Principal:
+        """The caller of `method`, from the call's metadata: every value of each key."""
         access = self._policy.access(method)
         if access is Access.SERVICE:
             return self._service(metadata)
-        authorization = metadata.get(AUTHORIZATION_HEADER)
+        authorization = _single(metadata, AUTHORIZATION_HEADER)
         if authorization is None:
             if access is Access.PUBLIC:
                 return ANONYMOUS
@@ -83,12 +89,21 @@ class Authenticator:
         return Principal(kind="user", subject=verified.subject, username=verified.username,
                          bearer_token=bearer, claims=verified.claims)
 
-    def _service(self, metadata: Mapping[str, str]) -> Principal:
-        presented = metadata.get(SERVICE_TOKEN_HEADER, "").encode()
+    def _service(self, metadata: Mapping[str, Sequence[str]]) -> Principal:
+        presented = (_single(metadata, SERVICE_TOKEN_HEADER) or "").encode()
         if not presented or not hmac.compare_digest(presented, self._service_token):
             raise Unauthenticated("this method is internal: a service credential is required",
                                   reason="SERVICE_CREDENTIAL_REQUIRED")
         return Principal(kind="service", subject="service")
+
+
+def _single(metadata: Mapping[str, Sequence[str]], header: str) -> str | None:
+    """The one value of a credential header; None when absent, refused when repeated."""
+    values = metadata.get(header, ())
+    if len(values) > 1:
+        raise Unauthenticated(f"{header} was sent {len(values)} times: send one credential",
+                              reason="AMBIGUOUS_CREDENTIALS", metadata={"header": header})
+    return values[0] if values else None
 
 
 def bearer_token(authorization: str) -> str:

@@ -4,6 +4,15 @@ For each call: take or make a request id, authenticate the caller, run the handl
 with both in context, map domain errors to rich gRPC statuses (and anything
 unexpected to INTERNAL, never a stack trace), then log one JSON line and record
 Prometheus metrics.
+
+A request body that does not decode is the caller's error, not ours: grpc.aio decodes a
+unary request before any behaviour runs (a raising deserializer would end the call
+UNKNOWN with an ERROR traceback from grpc itself, for anyone, token or not), so each
+handler's deserializer is wrapped to hand the behaviour an `_Undecodable` marker instead;
+the wrapped behaviour authenticates the caller first and then answers INVALID_ARGUMENT
+(reason MALFORMED_REQUEST) — for a client stream, when the handler reaches that message.
+Storage that cannot answer (Redis down) is UNAVAILABLE with RetryInfo and one rate-limited
+WARNING (services/runtime/storage_errors.py), not INTERNAL with a traceback per call.
 """
 
 from __future__ import annotations
@@ -15,17 +24,26 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextvars import Token
+from dataclasses import dataclass
 from typing import Any, Never, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.runtime.authn import Authenticator
 from services.runtime.context import principal_var, request_id_var, servicer_context_var
-from services.runtime.errors import Internal, LlmmeshError, Unimplemented
+from services.runtime.errors import (
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    LlmmeshError,
+    Unimplemented,
+)
 from services.runtime.metrics import ServerMetrics
 from services.runtime.rpc_errors import abort_status
+from services.runtime.storage_errors import OutageWarner, storage_unavailable
 
 log = logging.getLogger("llmmesh.rpc")
 
@@ -45,6 +63,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # synchronous server; on grpc.aio they are coroutine or async generator functions that
 # take a grpc.aio.ServicerContext, so only "callable" is true of both.
 Behavior = Callable[..., object]
+Deserializer = Callable[[bytes], object]
 
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
@@ -55,6 +74,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         # The wrapped handler of each method, built once (grpc asks for it on every call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._storage_outage = OutageWarner(log)
 
     async def intercept_service(
         self,
@@ -75,29 +95,33 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[RequestT, ResponseT]
               ) -> grpc.RpcMethodHandler[RequestT, ResponseT]:
+        streamed = handler.request_streaming
+        # grpc-stubs types the deserializer as returning RequestT; ours may return the
+        # _Undecodable marker, which the wrapped behaviour turns into INVALID_ARGUMENT.
+        deserializer: Any = _tolerant(handler.request_deserializer)
         if handler.response_streaming:
             streaming: Behavior | None = handler.unary_stream or handler.stream_stream
             assert streaming is not None, f"{method}: a streaming handler without behaviour"
-            wrapped_stream = self._wrap_stream(method, streaming)
-            factory = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+            wrapped_stream = self._wrap_stream(method, streaming, streamed)
+            factory = (grpc.stream_stream_rpc_method_handler if streamed
                        else grpc.unary_stream_rpc_method_handler)
-            return factory(wrapped_stream, request_deserializer=handler.request_deserializer,
+            return factory(wrapped_stream, request_deserializer=deserializer,
                            response_serializer=handler.response_serializer)
         behavior: Behavior | None = handler.unary_unary or handler.stream_unary
         assert behavior is not None, f"{method}: a unary handler without behaviour"
-        wrapped_unary = self._wrap_unary(method, behavior)
-        factory = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+        wrapped_unary = self._wrap_unary(method, behavior, streamed)
+        factory = (grpc.stream_unary_rpc_method_handler if streamed
                    else grpc.unary_unary_rpc_method_handler)
-        return factory(wrapped_unary, request_deserializer=handler.request_deserializer,
+        return factory(wrapped_unary, request_deserializer=deserializer,
                        response_serializer=handler.response_serializer)
 
-    def _wrap_unary(self, method: str,
-                    behavior: Behavior) -> Callable[[object, Context], Awaitable[object]]:
+    def _wrap_unary(self, method: str, behavior: Behavior, streamed: bool
+                    ) -> Callable[[object, Context], Awaitable[object]]:
         async def unary(request: object, context: Context) -> object:
             call = _Call(self, method, context)
             try:
                 await call.begin()
-                result = behavior(request, context)
+                result = behavior(_decoded(method, request, streamed), context)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
@@ -109,14 +133,14 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, method: str, behavior: Behavior
+    def _wrap_stream(self, method: str, behavior: Behavior, streamed: bool
                      ) -> Callable[[object, Context], AsyncGenerator[object, None]]:
         async def stream(request: object, context: Context) -> AsyncGenerator[object, None]:
             call = _Call(self, method, context)
             result: object = None
             try:
                 await call.begin()
-                result = behavior(request, context)
+                result = behavior(_decoded(method, request, streamed), context)
                 if isinstance(result, AsyncIterable):
                     async for message in result:
                         yield message
@@ -133,6 +157,64 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                 call.end()
 
         return stream
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request that did not decode is handed to the wrapped behaviour as."""
+
+    problem: str
+
+
+def _tolerant(deserializer: Deserializer | None) -> Deserializer | None:
+    """`deserializer`, answering _Undecodable instead of raising on a malformed body."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError) as error:  # ValueError: e.g. invalid UTF-8
+            return _Undecodable(str(error) or type(error).__name__)
+
+    return deserialize
+
+
+def _malformed(method: str, request: _Undecodable) -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation("request", f"is not a valid protobuf message for {method}")],
+        f"the request body could not be decoded: {request.problem}",
+        reason="MALFORMED_REQUEST", metadata={"method": method})
+
+
+def _decoded(method: str, request: object, streamed: bool) -> object:
+    """The request the behaviour gets: a client stream checked message by message, or the
+    one request (raising INVALID_ARGUMENT when it did not decode)."""
+    if streamed:
+        assert isinstance(request, AsyncIterable), f"{method}: a client stream of {request!r}"
+        return _DecodedStream(method, request)
+    if isinstance(request, _Undecodable):
+        raise _malformed(method, request)
+    return request
+
+
+class _DecodedStream:
+    """A client stream's request iterator that raises INVALID_ARGUMENT at a message that did
+    not decode. A plain iterator, not an async generator, so a handler that stops reading
+    early leaves nothing to finalise."""
+
+    def __init__(self, method: str, requests: AsyncIterable[object]) -> None:
+        self._method = method
+        self._requests: AsyncIterator[object] = aiter(requests)
+
+    def __aiter__(self) -> _DecodedStream:
+        return self
+
+    async def __anext__(self) -> object:
+        request = await anext(self._requests)
+        if isinstance(request, _Undecodable):
+            raise _malformed(self._method, request)
+        return request
 
 
 async def _close_quietly(generator: AsyncGenerator[object, Never]) -> None:
@@ -155,11 +237,15 @@ class _Call:
         self.started = time.perf_counter()
         self._tokens: list[Token[Any]] = []
         self._counted = False
-        self._metadata = {key: value for key, value in (context.invocation_metadata() or ())
-                          if isinstance(value, str)}
+        # Every value of each text key: authentication refuses a repeated credential rather
+        # than pick one of them.
+        self._metadata: dict[str, list[str]] = {}
+        for key, value in context.invocation_metadata() or ():
+            if isinstance(value, str):
+                self._metadata.setdefault(key, []).append(value)
 
     async def begin(self) -> None:
-        supplied = self._metadata.get(REQUEST_ID_HEADER, "")
+        supplied = self._metadata.get(REQUEST_ID_HEADER, [""])[0]
         request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
         self._tokens = [request_id_var.set(request_id), servicer_context_var.set(self.context)]
         self._interceptor._metrics.in_flight.labels(self.service, self.method_name).inc()
@@ -180,8 +266,13 @@ class _Call:
         if isinstance(error, NotImplementedError):  # generated servicer base classes
             error = Unimplemented(f"{self.method} is not implemented yet")
         if not isinstance(error, LlmmeshError):
-            log.error("unhandled error in %s", self.method, exc_info=error)
-            error = Internal(f"internal error (request id {request_id_var.get()})")
+            unavailable = storage_unavailable(error)
+            if unavailable is not None:
+                self._interceptor._storage_outage.failed(self.method, error)
+                error = unavailable
+            else:
+                log.error("unhandled error in %s", self.method, exc_info=error)
+                error = Internal(f"internal error (request id {request_id_var.get()})")
         self.code = error.code
         await self.context.abort_with_status(
             abort_status(error, ((REQUEST_ID_HEADER, request_id_var.get()),)))

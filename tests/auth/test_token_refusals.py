@@ -18,7 +18,7 @@ from llmmesh.auth.v1 import auth_pb2
 from llmmesh.embedding.v1 import embedding_pb2
 
 from services.auth.keys import SigningKey, load_or_create
-from tests.helpers import LoggedIn, error_info
+from tests.helpers import LoggedIn, error_info, register_and_login
 
 
 def _b64(data: dict | bytes) -> str:
@@ -137,3 +137,28 @@ async def test_a_bad_token_on_a_public_method_is_still_refused(auth_stub, alice)
         await auth_stub.Login(auth_pb2.LoginRequest(username="x", password="y" * 8),
                               metadata=(("authorization", "Bearer not.a.jwt"),))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_two_authorization_values_are_refused(auth_stub, alice: LoggedIn) -> None:
+    # Serving the first or the last would let a proxy's choice decide who the caller is.
+    other = await register_and_login(auth_stub)
+    for metadata in [alice.metadata * 2, alice.metadata + other.metadata]:
+        for call in [auth_stub.GetUser(auth_pb2.GetUserRequest(name="users/me"),
+                                       metadata=metadata),
+                     auth_stub.Login(auth_pb2.LoginRequest(username="x", password="y" * 8),
+                                     metadata=metadata)]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert error_info(caught.value).reason == "AMBIGUOUS_CREDENTIALS"
+
+
+async def test_two_service_credentials_are_refused(quota_stub) -> None:
+    from llmmesh.auth.v1 import quota_pb2
+
+    from tests.conftest import SERVICE_METADATA
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await quota_stub.ReleaseReservation(quota_pb2.ReleaseReservationRequest(),
+                                            metadata=SERVICE_METADATA * 2)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == "AMBIGUOUS_CREDENTIALS"

@@ -39,7 +39,7 @@ async def test_bad_emails(auth_stub, email: str) -> None:
     assert set(violations) == {"user.email"}
 
 
-@pytest.mark.parametrize("password", ["", "7 bytes", "€" * 24 + "x"])  # 73 bytes, 25 chars
+@pytest.mark.parametrize("password", ["", "7 bytes", "€" * 24 + "x", "p" * 73])  # 73 bytes
 async def test_bad_passwords(auth_stub, password: str) -> None:
     violations = await _violations(auth_stub, _request(unique_username(), "ok@example.com",
                                                        password))
@@ -126,3 +126,17 @@ async def test_twenty_concurrent_registrations_of_one_email(auth_stub) -> None:
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert {error_info(e).reason for e in refused} == {"EMAIL_TAKEN"}
     assert len(refused) == 19
+
+
+@pytest.mark.parametrize("password", ["€" * 24 + "x", "p" * 73, "p" * 1000])  # over 72 bytes
+async def test_login_with_a_password_over_72_bytes(auth_stub, password: str) -> None:
+    # bcrypt 5 raises past 72 bytes (no account can have such a password): refused as
+    # INVALID_ARGUMENT for any username, known or not, before a lookup or a hash.
+    username = unique_username()
+    await auth_stub.CreateUser(_request(username, f"{username}@example.com", PASSWORD))
+    for name in (username, unique_username()):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await auth_stub.Login(auth_pb2.LoginRequest(username=name, password=password))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(caught.value)) == {"password"}
+        assert "72 bytes" in field_violations(caught.value)["password"]

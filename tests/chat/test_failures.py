@@ -10,6 +10,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from llmmesh.chat.v1 import chat_pb2
 
+from services.chat.conversations import ConversationStore, MessageRecord
 from tests.chat.openai_server import OpenAIServer, Script
 from tests.chat.streams import stream_chat, usage
 from tests.helpers import LoggedIn, error_info, eventually, rich_status
@@ -132,3 +133,38 @@ async def stream_chat_with_deadline(chat_stub, alice: LoggedIn,  # type: ignore[
     async for _ in chat_stub.StreamChat(chat_pb2.StreamChatRequest(message="tell me"),
                                         metadata=alice.metadata, timeout=deadline_seconds):
         pass
+
+
+@pytest.mark.parametrize("rpc", ["Chat", "StreamChat"])
+async def test_a_delivered_answer_whose_history_write_fails_is_done_but_not_stored(
+        chat_stub, auth_stub, model_server: OpenAIServer, bob: LoggedIn,
+        monkeypatch: pytest.MonkeyPatch, rpc: str) -> None:
+    writes: list[str] = []
+
+    async def redis_down(self: ConversationStore, user: str, conversation: str, *,
+                         is_new: bool, question: MessageRecord, answer: MessageRecord) -> bool:
+        writes.append(answer.id)
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(ConversationStore, "append_turn", redis_down)
+    before = await usage(auth_stub, bob)
+    if rpc == "Chat":
+        answer = await chat_stub.Chat(chat_pb2.ChatRequest(message="ping"),
+                                      metadata=bob.metadata)
+        assert answer.message.content == "You said: ping"
+        assert not answer.stored and answer.message.name == ""
+        charged = answer.usage.total_tokens
+    else:
+        seen = await stream_chat(chat_stub, bob, "ping")
+        assert seen.kinds[-1] == "done" and seen.text == "You said: ping"
+        assert seen.done is not None
+        assert not seen.done.stored and seen.done.message == ""
+        charged = seen.done.usage.total_tokens
+    assert len(writes) == 3 and len(set(writes)) == 1  # three tries of the same turn
+    after = await eventually(lambda: usage(auth_stub, bob), lambda u: u.tokens_reserved == 0,
+                             what="the settlement")
+    assert after.tokens_used - before.tokens_used == charged > 0  # charged once
+    monkeypatch.undo()
+    listed = await chat_stub.ListConversations(chat_pb2.ListConversationsRequest(),
+                                               metadata=bob.metadata)
+    assert not listed.conversations

@@ -25,6 +25,7 @@ async def test_a_stream_is_start_deltas_done_in_the_provider_order(
     assert seen.done is not None
     assert seen.done.finish_reason == chat_pb2.FINISH_REASON_STOP
     assert seen.done.message.startswith(seen.conversation + "/messages/")
+    assert seen.done.stored
     # The provider got the real client's request: our model name, key, streaming usage.
     (request,) = model_server.seen
     assert request.body["model"] == "echo-1"
@@ -75,6 +76,7 @@ async def test_unary_chat_returns_the_stored_answer(chat_stub, model_server: Ope
     assert answer.model == "echo" and answer.finish_reason == chat_pb2.FINISH_REASON_STOP
     assert answer.message.role == chat_pb2.ROLE_ASSISTANT
     assert answer.message.name.startswith(answer.conversation + "/messages/")
+    assert answer.stored
     assert answer.usage.total_tokens > 0 and not answer.sources
     listed = await chat_stub.ListMessages(chat_pb2.ListMessagesRequest(
         parent=answer.conversation), metadata=alice.metadata)

@@ -105,12 +105,18 @@ class StoredConversation:
 
 
 class FakeConversationStore(ConversationStore):
-    """Conversations in a dict, with the same history window as the Redis store."""
+    """Conversations in a dict, with the same history window as the Redis store.
 
-    def __init__(self, fail_append: BaseException | None = None) -> None:
+    `fail_append` is raised by the first `fail_times` appends (every one when None);
+    `append_calls` counts the tries."""
+
+    def __init__(self, fail_append: BaseException | None = None, *,
+                 fail_times: int | None = None) -> None:
         self.conversations: dict[tuple[str, str], StoredConversation] = {}
         self.history_calls: list[tuple[str, str, int]] = []
         self.fail_append = fail_append
+        self.fail_times = fail_times
+        self.append_calls = 0
 
     def add(self, user: str, conversation: str, *contents: str) -> None:
         """Seed a conversation with alternating user/assistant messages."""
@@ -136,7 +142,9 @@ class FakeConversationStore(ConversationStore):
 
     async def append_turn(self, user: str, conversation: str, *, is_new: bool,
                           question: MessageRecord, answer: MessageRecord) -> bool:
-        if self.fail_append is not None:
+        self.append_calls += 1
+        failing = self.fail_times is None or self.append_calls <= self.fail_times
+        if self.fail_append is not None and failing:
             raise self.fail_append
         if not is_new and (user, conversation) not in self.conversations:
             return False
@@ -162,15 +170,19 @@ class FakeHold:
 class FakeQuota(QuotaClient):
     """A quota peer with a monthly budget per user, arithmetic like auth's ledger.
 
+    `extend` says False when there is no room (or `refuse_extensions`) and raises
+    `fail_extensions` when set, like the real client when auth cannot answer.
     `settle` and `release` return their detached task like the real client; the
     bookkeeping happens when the engine calls them, so a test reads it right away.
     """
 
-    def __init__(self, limit: int = 1_000_000, *, refuse_extensions: bool = False) -> None:
+    def __init__(self, limit: int = 1_000_000, *, refuse_extensions: bool = False,
+                 fail_extensions: BaseException | None = None) -> None:
         self.limit = limit
         self.used: dict[str, int] = {}
         self.holds: dict[str, FakeHold] = {}
         self.refuse_extensions = refuse_extensions
+        self.fail_extensions = fail_extensions  # raised by extend: auth not answering
         self.extend_requests: list[int] = []
         self._ids = itertools.count(1)
         self._detached: set[asyncio.Task[None]] = set()
@@ -192,6 +204,8 @@ class FakeQuota(QuotaClient):
         self.extend_requests.append(tokens)
         state = self.holds[hold.reservation_id]
         assert state.state == "held", "extending a closed hold"
+        if self.fail_extensions is not None:
+            raise self.fail_extensions
         if self.refuse_extensions or tokens > self.room(state.user_id):
             return False
         state.held += tokens

@@ -9,11 +9,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import grpc
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from redis.asyncio import Redis
 
-from services.chat.conversations import ConversationStore
+from services.chat.conversations import ConversationStore, MessageRecord
 from services.chat.events import (
     Delta,
     Event,
@@ -26,6 +27,7 @@ from services.chat.events import (
     Usage,
 )
 from services.chat.prompts import NO_SOURCES
+from services.chat.quota import Hold, QuotaClient, quota_unavailable
 from services.chat.tokens import count_prompt_tokens, count_tokens, estimate_prompt_tokens
 from services.chat.turns import MIN_EXTENSION_TOKENS, ChatEngine, PreparedTurn
 from services.chat.validation import TurnOptions, TurnRequest
@@ -73,7 +75,7 @@ def rig(model: ScriptedChatModel, *, store: FakeConversationStore | None = None,
     search = search or FakeSearch(SOURCES)
     registry = FakeRegistry((model_spec(default_max_tokens=default_max_tokens), model))
     engine = ChatEngine(registry, store, quota, search, history_turns=history_turns,
-                        max_message_chars=1000)
+                        max_message_chars=1000, store_retry_delays=(0.0, 0.0))
     return Rig(engine, model, store, quota, search)
 
 
@@ -306,6 +308,61 @@ async def test_a_refused_extension_cuts_the_answer_off_and_charges_what_was_sent
     assert answer.content == "abcd" * 3  # cut-off turns are stored
 
 
+async def test_an_extension_auth_cannot_answer_fails_the_turn_not_as_exhausted() -> None:
+    model = ScriptedChatModel(parts=["abcd"] * 6)
+    outage = quota_unavailable(grpc.StatusCode.UNAVAILABLE)
+    r = rig(model, quota=FakeQuota(fail_extensions=outage))
+    turn, events = await run_turn(r, TurnRequest("Long", options=TurnOptions(max_tokens=3)))
+
+    assert kinds(events) == ["Started", "Delta", "Delta", "Delta", "Failed"]
+    error = failed(events).error
+    assert isinstance(error, Unavailable) and error is outage
+    assert error.reason == "QUOTA_UNAVAILABLE" and error.retry_after_seconds
+    hold = r.quota.only_hold()  # the delivered part charged, the rest freed
+    assert hold.state == "settled"
+    assert hold.charged == local_usage(turn.messages, ["abcd"] * 3).total_tokens
+    assert r.store.all_messages() == []
+    assert model.closed
+
+
+class ExtendStub:
+    """QuotaService's ExtendReservation failing with one status code."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    async def ExtendReservation(self, request: Any) -> Any:
+        raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   details="extend failed")
+
+
+async def extend_failing_with(code: grpc.StatusCode) -> bool:
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
+    try:
+        client = QuotaClient(channel, ttl_seconds=60)
+        cast(Any, client)._stub = ExtendStub(code)
+        return await client.extend(Hold("r1", 10), 5)
+    finally:
+        await channel.close()
+
+
+async def test_the_quota_client_reads_resource_exhausted_as_no_room() -> None:
+    assert await extend_failing_with(grpc.StatusCode.RESOURCE_EXHAUSTED) is False
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED],
+                         ids=lambda c: c.name)
+async def test_the_quota_client_reads_other_failures_as_unavailable(
+        code: grpc.StatusCode) -> None:
+    with pytest.raises(Unavailable) as caught:
+        await extend_failing_with(code)
+    assert caught.value.reason == "QUOTA_UNAVAILABLE"
+    assert caught.value.metadata["peer_code"] == code.name
+    assert caught.value.retry_after_seconds is not None
+
+
 # --- failure and cancellation: charged what was delivered, nothing stored ----------
 
 async def test_a_provider_failure_mid_answer_fails_the_turn_and_settles_the_partial() -> None:
@@ -413,14 +470,76 @@ async def test_a_consumer_that_goes_away_at_the_sources_is_charged() -> None:
     assert r.store.all_messages() == []
 
 
-async def test_a_store_failure_after_the_answer_fails_the_turn_once_charged() -> None:
-    store = FakeConversationStore(fail_append=ConnectionError("redis went away"))
+# --- storing a delivered turn: retried briefly, never turned into a failure ---------
+
+async def test_a_store_that_fails_twice_then_works_stores_the_turn_once() -> None:
+    store = FakeConversationStore(ConnectionError("redis went away"), fail_times=2)
     r = rig(ScriptedChatModel(parts=["abcd"]), store=store)
+    turn, events = await run_turn(r, TurnRequest("Q?"))
+
+    done = finished(events)
+    assert done.stored
+    assert done.message_name.startswith(f"conversations/{turn.conversation_id}/messages/")
+    assert store.append_calls == 3
+    (_, answer) = store.conversations[(USER, turn.conversation_id)].messages
+    assert done.message_name.endswith(answer.id) and answer.content == "abcd"
+    hold = r.quota.only_hold()
+    assert hold.state == "settled" and hold.charged == done.usage.total_tokens
+
+
+async def test_a_store_that_always_fails_finishes_the_delivered_turn_unstored() -> None:
+    store = FakeConversationStore(fail_append=ConnectionError("redis went away"))
+    r = rig(ScriptedChatModel(parts=["abcd", "efgh"]), store=store)
     _, events = await run_turn(r, TurnRequest("Q?"))
 
-    assert kinds(events) == ["Started", "Delta", "Failed"]
-    assert isinstance(failed(events).error, Internal)
-    assert r.quota.only_hold().state == "settled"  # exactly once, no release after it
+    assert kinds(events) == ["Started", "Delta", "Delta", "Finished"]
+    done = finished(events)
+    assert not done.stored and done.message_name == ""
+    assert done.content == "abcdefgh" and done.finish_reason is FinishReason.STOP
+    assert store.append_calls == 3  # bounded tries
+    assert store.all_messages() == []
+    hold = r.quota.only_hold()  # charged exactly once, no release after it
+    assert hold.state == "settled" and hold.charged == done.usage.total_tokens
+    assert r.quota.used[USER] == done.usage.total_tokens
+
+
+class HangingStore(FakeConversationStore):
+    """A store whose writes never answer (a Redis that stopped responding)."""
+
+    async def append_turn(self, user: str, conversation: str, *, is_new: bool,
+                          question: MessageRecord, answer: MessageRecord) -> bool:
+        self.append_calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_store_that_never_answers_is_given_up_within_the_budget() -> None:
+    store = HangingStore()
+    model = ScriptedChatModel(parts=["abcd"])
+    engine = ChatEngine(FakeRegistry((model_spec(), model)), store, FakeQuota(), FakeSearch(),
+                        history_turns=3, max_message_chars=1000,
+                        store_retry_delays=(0.0, 0.0), store_budget_seconds=0.01)
+    turn = await engine.prepare(USER, TurnRequest("Q?"))
+    events = await collect(engine.run(turn))
+
+    done = finished(events)
+    assert not done.stored and done.content == "abcd"
+    assert store.append_calls == 1
+
+
+async def test_storing_the_same_turn_again_does_not_duplicate_it(redis: Redis) -> None:
+    """A retry after a write whose reply was lost finds the turn already there."""
+    user = new_user()
+    store = ConversationStore(redis, retention_seconds=3600)
+    question = MessageRecord("q" * 32, "user", "Q?", 1)
+    answer = MessageRecord("r" * 32, "assistant", "A.", 2, model="scripted", usage=Usage(3, 1))
+    for _ in range(2):
+        assert await store.append_turn(user, CONVERSATION, is_new=True, question=question,
+                                       answer=answer)
+    stored = await store.get(user, CONVERSATION)
+    assert stored is not None and stored.message_count == 2
+    page = await store.messages(user, CONVERSATION, 0, 10)
+    assert page is not None and [m.id for m in page[0]] == [question.id, answer.id]
 
 
 async def test_a_conversation_deleted_while_answering_finishes_without_a_message_name(

@@ -176,15 +176,21 @@ class ChatResponse(_message.Message):
     SOURCES_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
-    """The conversation the turn was stored in."""
+    """The conversation the turn belongs to."""
     model: _builtins.str
     """The model that answered."""
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
+    stored: _builtins.bool
+    """Whether the turn was added to the conversation's history. False when the
+    history could not be written or the conversation was deleted while answering;
+    the answer was delivered and charged either way.
+    """
     @_builtins.property
     def message(self) -> Global___Message:
-        """The assistant's stored message."""
+        """The assistant's message; its `name` is empty when the turn was not stored."""
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
@@ -203,10 +209,11 @@ class ChatResponse(_message.Message):
         sources: _abc.Iterable[Global___Source] | None = ...,
         usage: Global___TokenUsage | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
+        stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "finish_reason", b"finish_reason", "message", b"message", "model", b"model", "sources", b"sources", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "finish_reason", b"finish_reason", "message", b"message", "model", b"model", "sources", b"sources", "stored", b"stored", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,10 +382,18 @@ class StreamDone(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
     message: _builtins.str
-    """The stored assistant message (`conversations/{c}/messages/{m}`)."""
+    """The stored assistant message (`conversations/{c}/messages/{m}`); empty when
+    the turn was not stored.
+    """
+    stored: _builtins.bool
+    """Whether the turn was added to the conversation's history. False when the
+    history could not be written or the conversation was deleted while answering;
+    the answer was delivered and charged either way.
+    """
     @_builtins.property
     def usage(self) -> Global___TokenUsage:
         """Tokens charged for this turn."""
@@ -389,10 +404,11 @@ class StreamDone(_message.Message):
         usage: Global___TokenUsage | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         message: _builtins.str = ...,
+        stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "message", b"message", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "message", b"message", "stored", b"stored", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
