@@ -71,16 +71,25 @@ class Conversation:
         self._out = out
 
     async def send(self, message: str) -> bool:
-        """Stream one answer; False when the call itself failed."""
+        """Stream one answer; False when the call itself failed.
+
+        An answer is complete only when its stream ends with `done` or `error`: a stream
+        that stops without either was cut (a chat process lost mid-answer) and is said so.
+        """
         request = chat_pb2.StreamChatRequest(message=message, conversation=self.conversation,
                                              options=self._options)
+        ended = False
         try:
             async for event in self._stub.StreamChat(request, metadata=self._metadata):
                 self._render(event)
+                ended = ended or event.WhichOneof("event") in {"done", "error"}
         except grpc.aio.AioRpcError as error:
             self._out.write(f"\nerror: {error.code().name}: {error.details()}\n")
             return error.code() not in {grpc.StatusCode.UNAUTHENTICATED,
                                         grpc.StatusCode.UNAVAILABLE}
+        if not ended:
+            self._out.write("\nerror: the answer was cut off (the stream ended without "
+                            "done); ask again\n")
         return True
 
     def _render(self, event: chat_pb2.StreamChatResponse) -> None:
@@ -102,7 +111,8 @@ class Conversation:
             reason = chat_pb2.FinishReason.Name(event.done.finish_reason)
             note = "" if event.done.finish_reason == chat_pb2.FINISH_REASON_STOP else \
                 f", stopped: {reason.removeprefix('FINISH_REASON_').lower()}"
-            out.write(f"\n[{usage.total_tokens} tokens{note}]\n")
+            unsaved = "" if event.done.stored else ", not saved to the conversation"
+            out.write(f"\n[{usage.total_tokens} tokens{note}{unsaved}]\n")
         elif kind == "error":
             out.write(f"\nerror: {event.error.message}\n")
         out.flush()

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from google.rpc import status_pb2
+from llmmesh.chat.v1 import chat_pb2
 
 from cli import chat_command
 from cli.session import Endpoints, NotLoggedIn, Session
@@ -56,3 +59,45 @@ async def test_without_a_session_it_asks_for_a_login(chat_server, auth_address: 
     endpoints, session = _session(tmp_path, auth_address, chat_server.port, None)
     with pytest.raises(NotLoggedIn, match="llmmesh login"):
         await chat_command.run(_args("hi\n"), endpoints, session)
+
+
+class _Stream:
+    """A StreamChat stub answering with fixed events, then the stream's end."""
+
+    def __init__(self, *events: chat_pb2.StreamChatResponse) -> None:
+        self.events = events
+
+    def StreamChat(self, request: chat_pb2.StreamChatRequest,
+                   metadata: object) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        async def answer() -> AsyncIterator[chat_pb2.StreamChatResponse]:
+            for event in self.events:
+                yield event
+        return answer()
+
+
+START = chat_pb2.StreamChatResponse(start=chat_pb2.StreamStart(
+    conversation="conversations/c1", model="echo"))
+DELTA = chat_pb2.StreamChatResponse(delta=chat_pb2.TokenDelta(text="half an ans"))
+
+
+@pytest.mark.parametrize("events, cut", [
+    ((START, DELTA), True),
+    ((START, DELTA, chat_pb2.StreamChatResponse(done=chat_pb2.StreamDone(stored=True))), False),
+    ((START, chat_pb2.StreamChatResponse(error=status_pb2.Status(code=14, message="x"))), False),
+])
+async def test_a_stream_that_ends_without_done_is_called_cut(
+        events: tuple[chat_pb2.StreamChatResponse, ...], cut: bool) -> None:
+    out = io.StringIO()
+    conversation = chat_command.Conversation(
+        _Stream(*events), (), chat_pb2.ChatOptions(), "", out)
+    assert await conversation.send("question") is True
+    assert ("the answer was cut off" in out.getvalue()) is cut
+    assert "half an ans" in out.getvalue() or not cut
+
+
+async def test_an_answer_not_saved_says_so() -> None:
+    out = io.StringIO()
+    done = chat_pb2.StreamChatResponse(done=chat_pb2.StreamDone(stored=False))
+    await chat_command.Conversation(_Stream(START, DELTA, done), (), chat_pb2.ChatOptions(),
+                                    "", out).send("q")
+    assert "not saved to the conversation" in out.getvalue()
