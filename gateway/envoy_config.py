@@ -26,6 +26,7 @@ Request path through the edge listener:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -246,7 +247,37 @@ def _challenge(value: str) -> dict[str, Any]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
+# A service cluster's circuit breakers: Envoy's backstop against queueing without bound in
+# front of a service. Each process sheds streams past its own limit first (chat 32 per
+# process, with RetryInfo; services/runtime/load_shedding.py), so these sit well above one
+# process's share and above anything the conformance suite drives: they trip only when
+# the replicas together are far past what they serve, and the edge answers 503 at once.
+SERVICE_CIRCUIT_BREAKERS: dict[str, Any] = {"thresholds": [{
+    "priority": "DEFAULT",
+    "max_connections": 1024,  # HTTP/2: a handful per host in practice
+    "max_pending_requests": 256,  # waiting for a connection / stream slot
+    "max_requests": 1024,  # concurrent requests (streams included) to the cluster
+    "max_retries": 3,
+}]}
+# Ejects a replica that keeps failing — refused connections, resets, UNAVAILABLE (shed
+# streams included: send them to another replica) — for a short, growing time. At most
+# half the replicas; with one replica Envoy's panic threshold keeps routing to it anyway.
+SERVICE_OUTLIER_DETECTION: dict[str, Any] = {
+    "consecutive_gateway_failure": 5,  # 502 / 503 / 504, connect failures, resets
+    "enforcing_consecutive_gateway_failure": 100,
+    "consecutive_5xx": 10,  # any 5xx (INTERNAL, UNKNOWN, ...)
+    "enforcing_consecutive_5xx": 100,
+    "interval": "5s",
+    "base_ejection_time": "10s",
+    "max_ejection_time": "60s",
+    "max_ejection_percent": 50,
+}
+
+
+def _cluster(name: str, host: str, port: int, *, http2: bool,
+             service: bool = False) -> dict[str, Any]:
+    """A cluster of one endpoint; a `service` cluster (an llmmesh service) also gets
+    circuit breakers and outlier detection."""
     cluster: dict[str, Any] = {
         "name": name, "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "2s", "lb_policy": "ROUND_ROBIN",
@@ -258,6 +289,9 @@ def _cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config={"http2_protocol_options": {}})}
+    if service:
+        cluster["circuit_breakers"] = copy.deepcopy(SERVICE_CIRCUIT_BREAKERS)
+        cluster["outlier_detection"] = copy.deepcopy(SERVICE_OUTLIER_DETECTION)
     return cluster
 
 
@@ -435,7 +469,7 @@ def bootstrap(spec: EdgeSpec, methods: Sequence[MethodInfo],
         always_set_request_id_in_response=True,
         stream_idle_timeout="300s",
         local_reply_config=_local_reply_config())
-    clusters = [_cluster(u.name, *deployment.upstreams[u.name], http2=True)
+    clusters = [_cluster(u.name, *deployment.upstreams[u.name], http2=True, service=True)
                 for u in spec.upstreams]
     clusters.append(_cluster(RATELIMIT_CLUSTER, *deployment.ratelimit, http2=True))
     clusters.append({"name": JWKS_CLUSTER, "connect_timeout": "2s",

@@ -2,13 +2,15 @@
 
 A user's chunks live in their own Chroma collection, so no query can reach another
 user's chunks; every chunk still carries user_id, collection, document_id,
-chunk_index and filename. Chroma's client is synchronous: calls run on a small
+chunk_index and filename, and `created_at` (wall-clock seconds when it was stored: the
+orphan janitor's age). Chroma's client is synchronous: calls run on a small
 thread pool so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # chromadb is imported when a store is made (it is slow to im
     from chromadb.base_types import InclusionExclusionOperator, LiteralValue, Metadata, Where
 
 _T = TypeVar("_T")
+USER_COLLECTION_PREFIX = "user_"
 _Args = TypeVarTuple("_Args")
 
 
@@ -38,7 +41,8 @@ class ChunkHit:
 class ChunkStore:
     """Adds, deletes and queries chunk vectors."""
 
-    def __init__(self, path: Path, host: str | None = None) -> None:
+    def __init__(self, path: Path, host: str | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         import chromadb
         from chromadb.config import Settings
 
@@ -53,6 +57,7 @@ class ChunkStore:
         self._max_batch = int(self._client.get_max_batch_size())
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chroma")
         self._collections: dict[str, Collection] = {}
+        self._clock = clock
 
     async def add(self, user_id: str, document_id: str, collection: str, filename: str,
                   first_index: int, texts: Sequence[str],
@@ -64,6 +69,7 @@ class ChunkStore:
     def _add(self, user_id: str, document_id: str, collection: str, filename: str,
              first_index: int, texts: list[str], vectors: PyEmbeddings) -> None:
         target = self._collection(user_id)
+        created_at = self._clock()
         for start in range(0, len(texts), self._max_batch):
             end = start + self._max_batch
             indexes = range(first_index + start, first_index + min(end, len(texts)))
@@ -73,12 +79,48 @@ class ChunkStore:
                 documents=texts[start:end],
                 metadatas=[{"user_id": user_id, "collection": collection,
                             "document_id": document_id, "chunk_index": i,
-                            "filename": filename} for i in indexes],
+                            "filename": filename, "created_at": created_at}
+                           for i in indexes],
             )
 
     async def delete_document(self, user_id: str, document_id: str) -> None:
         await self._run(lambda: self._collection(user_id).delete(
             where={"document_id": document_id}))
+
+    async def delete_documents(self, user_id: str, document_ids: Sequence[str]) -> None:
+        """Delete every chunk of `document_ids` (one call: keep the list bounded)."""
+        if not document_ids:
+            return
+        among: dict[InclusionExclusionOperator, list[LiteralValue]] = {
+            "$in": list(document_ids)}
+        where: Where = {"document_id": among}
+        await self._run(lambda: self._collection(user_id).delete(where=where))
+
+    async def users(self) -> list[str]:
+        """The users that have a chunk collection."""
+        def names() -> list[str]:
+            found: list[str] = []
+            offset, page = 0, 100
+            while True:
+                listed = self._client.list_collections(limit=page, offset=offset)
+                found += [c.name for c in listed]
+                if len(listed) < page:
+                    return found
+                offset += page
+
+        return sorted(name.removeprefix(USER_COLLECTION_PREFIX) for name in await self._run(names)
+                      if name.startswith(USER_COLLECTION_PREFIX))
+
+    async def scan(self, user_id: str, offset: int,
+                   limit: int) -> list[tuple[str, float | None]]:
+        """A page of a user's chunks: (document_id, created_at or None when the chunk
+        predates `created_at`); fewer than `limit` means the end."""
+        def page() -> list[tuple[str, float | None]]:
+            found = self._collection(user_id).get(include=["metadatas"], limit=limit,
+                                                  offset=offset)
+            return [_stamp(meta) for meta in found["metadatas"] or []]
+
+        return await self._run(page)
 
     async def query(self, user_id: str, vector: Sequence[float], n_results: int, *,
                     collection: str = "", document_ids: Sequence[str] = ()) -> list[ChunkHit]:
@@ -126,6 +168,12 @@ class ChunkStore:
         # chromadb annotates its client factories `-> ClientAPI`, but they return its
         # Client, which has close() (ClientAPI does not declare it).
         self._client.close()  # type: ignore[attr-defined]
+
+
+def _stamp(meta: Metadata) -> tuple[str, float | None]:
+    created_at = meta.get("created_at")
+    return (str(meta["document_id"]),
+            float(created_at) if isinstance(created_at, int | float) else None)
 
 
 def _hit(meta: Metadata, text: str | None, distance: float) -> ChunkHit:

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.runtime.config import ConfigError, Env, RuntimeConfig
 
 MIB = 1024 * 1024
+MIN_ORPHAN_AGE_SECONDS = 900.0  # the gateway's upload timeout
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class DocumentConfig:
     embedding_model: str  # "" = the embedding service's default
     chroma_path: Path
     chroma_host: str | None  # a Chroma server (host:port) instead of the embedded store
+    # Chunks of an uncommitted document this old are orphans (a killed ingestion's).
+    orphan_age_seconds: float
+    janitor_interval_seconds: float  # how often the orphan janitor sweeps
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> DocumentConfig:
@@ -47,4 +51,9 @@ class DocumentConfig:
             chroma_path=Path(env.text("LLMMESH_CHROMA_PATH",
                                       str(runtime.data_dir / "chroma"))).resolve(),
             chroma_host=env.optional("LLMMESH_CHROMA_HOST"),
+            # Well above the 15-minute upload timeout: a live ingestion is never swept.
+            orphan_age_seconds=env.number("LLMMESH_DOCUMENT_ORPHAN_AGE_SECONDS", 3600.0,
+                                          minimum=MIN_ORPHAN_AGE_SECONDS),
+            janitor_interval_seconds=env.number("LLMMESH_DOCUMENT_JANITOR_INTERVAL_SECONDS",
+                                                600.0, minimum=1.0),
         )

@@ -1,4 +1,5 @@
-"""Builds the document server: Chroma, Redis records, the embedding client, servicers."""
+"""Builds the document server: Chroma, Redis records, the embedding client, servicers,
+and the orphan janitor (a sweep once SERVING, then periodically; stopped on shutdown)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from services.document.chunk_store import ChunkStore
 from services.document.chunking import Chunker
 from services.document.config import DocumentConfig
 from services.document.ingestion import Ingestor
+from services.document.janitor import JanitorTask, OrphanJanitor
 from services.document.library import DocumentLibrary
 from services.document.records import DocumentRecords
 from services.document.servicer import DocumentServicer
 from services.runtime.authn import AccessPolicy
 from services.runtime.embedding_client import EmbeddingClient
 from services.runtime.jwks_client import remote_jwks_fetcher
+from services.runtime.jwt_verify import JwtVerifier
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client
 from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
@@ -23,7 +26,24 @@ SERVICE = document_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name
 EMBED_TIMEOUT_SECONDS = 120.0
 
 
-def create_server(config: DocumentConfig) -> MeshServer:
+class DocumentServer(MeshServer):
+    """A MeshServer that starts the orphan janitor in the background once serving."""
+
+    def __init__(self, config: DocumentConfig, spec: ServiceSpec, verifier: JwtVerifier,
+                 store: ChunkStore, records: DocumentRecords, janitor: JanitorTask) -> None:
+        super().__init__(config.runtime, spec, verifier)
+        self.store = store
+        self.records = records
+        self.janitor = janitor.janitor
+        self._janitor_task = janitor
+
+    async def start(self) -> int:
+        port = await super().start()
+        self._janitor_task.start()
+        return port
+
+
+def create_server(config: DocumentConfig) -> DocumentServer:
     """The document server, unstarted."""
     runtime = config.runtime
     redis = redis_client(runtime.redis_url)
@@ -37,6 +57,8 @@ def create_server(config: DocumentConfig) -> MeshServer:
     ingestor = Ingestor(Chunker(config.chunk_size, config.chunk_overlap), embed, store, records,
                         config.embed_batch_size)
     library = DocumentLibrary(store, records, embed)
+    janitor = JanitorTask(OrphanJanitor(store, records, min_age=config.orphan_age_seconds),
+                          config.janitor_interval_seconds)
 
     def register(server: grpc.aio.Server) -> None:
         document_pb2_grpc.add_DocumentServiceServicer_to_server(
@@ -49,8 +71,9 @@ def create_server(config: DocumentConfig) -> MeshServer:
         store.close()
 
     spec = ServiceSpec(names=[SERVICE], register=register, policy=AccessPolicy.build(),
-                       on_stop=[close])
-    return MeshServer(runtime, spec, build_verifier(runtime, remote_jwks_fetcher(auth_channel)))
+                       on_stop=[janitor.stop, close])
+    return DocumentServer(config, spec, build_verifier(runtime, remote_jwks_fetcher(auth_channel)),
+                          store, records, janitor)
 
 
 def main() -> None:

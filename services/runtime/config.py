@@ -104,6 +104,16 @@ DEFAULT_PORTS = {"auth": 50051, "chat": 50052, "document": 50053, "embedding": 5
 DEFAULT_METRICS_PORTS = {"auth": 9101, "chat": 9102, "document": 9103, "embedding": 9104}
 
 
+# Concurrent server-streaming calls one process serves before it refuses new ones
+# (services/runtime/load_shedding.py). Chat: bench/README.md (chat_bench) finds one chat
+# process CPU-bound from ~16 concurrent streams (TTFT p50 83 ms at 16, 921 ms at 64); 32
+# lets a burst through at about twice the knee, while past it queueing only adds latency
+# to every stream, so the call is better retried on another replica. Elsewhere (document
+# ingestion) a generous bound that only stops a runaway.
+DEFAULT_MAX_CONCURRENT_STREAMS = {"chat": 32}
+GENEROUS_MAX_CONCURRENT_STREAMS = 1024
+
+
 def endpoint(env: Env, service: str, host: str) -> ServiceEndpoint:
     """Port, metrics port and peer address of `service` (e.g. `LLMMESH_AUTH_PORT`)."""
     prefix = f"LLMMESH_{service.upper()}"
@@ -148,6 +158,7 @@ class RuntimeConfig:
     jwks_refetch_interval_seconds: float
     auth_address: str  # auth's own address when this is auth
     shutdown_grace_seconds: float
+    max_concurrent_streams: int = GENEROUS_MAX_CONCURRENT_STREAMS
 
     @classmethod
     def from_env(cls, service: str, env: Env | None = None) -> RuntimeConfig:
@@ -179,6 +190,10 @@ class RuntimeConfig:
             auth_address=(own.address if service == "auth" else peer_address(
                 env, "auth", caller=service, production=production, host=host)),
             shutdown_grace_seconds=env.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
+            max_concurrent_streams=env.integer(
+                f"LLMMESH_{service.upper()}_MAX_CONCURRENT_STREAMS",
+                DEFAULT_MAX_CONCURRENT_STREAMS.get(service, GENEROUS_MAX_CONCURRENT_STREAMS),
+                minimum=1),
         )
 
     def peer_address(self, env: Env, peer: str) -> str:

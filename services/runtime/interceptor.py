@@ -13,6 +13,9 @@ the wrapped behaviour authenticates the caller first and then answers INVALID_AR
 (reason MALFORMED_REQUEST) — for a client stream, when the handler reaches that message.
 Storage that cannot answer (Redis down) is UNAVAILABLE with RetryInfo and one rate-limited
 WARNING (services/runtime/storage_errors.py), not INTERNAL with a traceback per call.
+Server-streaming calls (not health or reflection) past the process's limit are refused at
+once, before authentication, with UNAVAILABLE + RetryInfo, reason OVERLOADED
+(services/runtime/load_shedding.py); the slot is given back however the call ends.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from services.runtime.errors import (
     LlmmeshError,
     Unimplemented,
 )
+from services.runtime.load_shedding import ConcurrencyLimiter, overloaded
 from services.runtime.metrics import ServerMetrics
 from services.runtime.rpc_errors import abort_status
 from services.runtime.storage_errors import OutageWarner, storage_unavailable
@@ -53,6 +57,8 @@ _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # log has every request already).
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.",
                    "/envoy.service.ratelimit.v3.RateLimitService/")
+# Never shed: a probe must see the process, and reflection is a tool's, not a client's.
+_UNLIMITED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -69,9 +75,12 @@ Deserializer = Callable[[bytes], object]
 class MeshInterceptor(grpc.aio.ServerInterceptor):
     """Request ids, authentication, error mapping, JSON logs and metrics."""
 
-    def __init__(self, authenticator: Authenticator, metrics: ServerMetrics) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: ServerMetrics, *,
+                 stream_limiter: ConcurrencyLimiter | None = None) -> None:
         self._authenticator = authenticator
         self._metrics = metrics
+        # Server-streaming calls in flight in this process, at most its limit.
+        self.stream_limiter = stream_limiter
         # The wrapped handler of each method, built once (grpc asks for it on every call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._storage_outage = OutageWarner(log)
@@ -102,7 +111,9 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
             streaming: Behavior | None = handler.unary_stream or handler.stream_stream
             assert streaming is not None, f"{method}: a streaming handler without behaviour"
-            wrapped_stream = self._wrap_stream(method, streaming, streamed)
+            limiter = (None if method.startswith(_UNLIMITED_PREFIXES)
+                       else self.stream_limiter)
+            wrapped_stream = self._wrap_stream(method, streaming, streamed, limiter)
             factory = (grpc.stream_stream_rpc_method_handler if streamed
                        else grpc.unary_stream_rpc_method_handler)
             return factory(wrapped_stream, request_deserializer=deserializer,
@@ -133,13 +144,14 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, method: str, behavior: Behavior, streamed: bool
+    def _wrap_stream(self, method: str, behavior: Behavior, streamed: bool,
+                     limiter: ConcurrencyLimiter | None
                      ) -> Callable[[object, Context], AsyncGenerator[object, None]]:
         async def stream(request: object, context: Context) -> AsyncGenerator[object, None]:
             call = _Call(self, method, context)
             result: object = None
             try:
-                await call.begin()
+                await call.begin(limiter)
                 result = behavior(_decoded(method, request, streamed), context)
                 if isinstance(result, AsyncIterable):
                     async for message in result:
@@ -237,6 +249,7 @@ class _Call:
         self.started = time.perf_counter()
         self._tokens: list[Token[Any]] = []
         self._counted = False
+        self._slot: ConcurrencyLimiter | None = None  # the limiter this call holds a slot of
         # Every value of each text key: authentication refuses a repeated credential rather
         # than pick one of them.
         self._metadata: dict[str, list[str]] = {}
@@ -244,13 +257,18 @@ class _Call:
             if isinstance(value, str):
                 self._metadata.setdefault(key, []).append(value)
 
-    async def begin(self) -> None:
+    async def begin(self, limiter: ConcurrencyLimiter | None = None) -> None:
+        """Set the call's context up; refuse it (OVERLOADED) when `limiter` is full."""
         supplied = self._metadata.get(REQUEST_ID_HEADER, [""])[0]
         request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
         self._tokens = [request_id_var.set(request_id), servicer_context_var.set(self.context)]
         self._interceptor._metrics.in_flight.labels(self.service, self.method_name).inc()
         self._counted = True
         self.context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        if limiter is not None:
+            if not limiter.try_acquire():
+                raise overloaded(self.method, limiter.limit)
+            self._slot = limiter  # given back in end(), however the call ends
         principal = await self._interceptor._authenticator.authenticate(
             self.method, self._metadata)
         self._tokens.append(principal_var.set(principal))
@@ -278,6 +296,9 @@ class _Call:
             abort_status(error, ((REQUEST_ID_HEADER, request_id_var.get()),)))
 
     def end(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
         elapsed = time.perf_counter() - self.started
         metrics = self._interceptor._metrics
         code = self.code.name

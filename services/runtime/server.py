@@ -21,6 +21,7 @@ from services.runtime.authn import AccessPolicy, Authenticator
 from services.runtime.config import RuntimeConfig
 from services.runtime.interceptor import MeshInterceptor
 from services.runtime.jwt_verify import JwksCache, JwksFetcher, JwtVerifier
+from services.runtime.load_shedding import ConcurrencyLimiter
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import ServerMetrics
 
@@ -57,8 +58,10 @@ class MeshServer:
         self.metrics = metrics or ServerMetrics()
         authenticator = Authenticator(verifier, config.service_token.get_secret_value(),
                                       spec.policy)
+        self.stream_limiter = ConcurrencyLimiter(config.max_concurrent_streams)
         self._server = grpc.aio.server(
-            interceptors=[MeshInterceptor(authenticator, self.metrics)],
+            interceptors=[MeshInterceptor(authenticator, self.metrics,
+                                          stream_limiter=self.stream_limiter)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

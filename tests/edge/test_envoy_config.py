@@ -207,6 +207,31 @@ def test_every_referenced_cluster_exists(config: dict[str, Any]) -> None:
                                                         "port_value": upstream.port}
 
 
+def test_service_clusters_have_circuit_breakers_and_outlier_detection(
+        config: dict[str, Any]) -> None:
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    services = {upstream.name for upstream in LLMMESH_SPEC.upstreams}
+    assert services == {"auth", "chat", "document", "embedding"}
+    for name in services:
+        cluster = clusters[name]
+        (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+        assert thresholds["priority"] == "DEFAULT"
+        # Above one chat process's own stream limit (32) and the conformance suite's load,
+        # below unbounded.
+        assert 256 <= thresholds["max_requests"] <= 4096, name
+        assert 64 <= thresholds["max_pending_requests"] <= thresholds["max_requests"], name
+        assert 64 <= thresholds["max_connections"] <= 4096, name
+        outlier = cluster["outlier_detection"]
+        assert outlier["consecutive_gateway_failure"] <= outlier["consecutive_5xx"], name
+        assert outlier["enforcing_consecutive_gateway_failure"] == 100, name  # Envoy: 0
+        assert outlier["consecutive_5xx"] >= 5, name
+        assert outlier["max_ejection_percent"] <= 50, name
+        assert outlier["base_ejection_time"] == "10s", name
+    for name in set(clusters) - services:  # rate limit, JWKS, admin: none of it
+        assert "outlier_detection" not in clusters[name], name
+        assert "circuit_breakers" not in clusters[name], name
+
+
 def route_for(config: dict[str, Any], path: str, method: str = "POST",
               grpc: bool = True) -> dict[str, Any]:
     """The first route Envoy's router would pick for a request (a preflight when the

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -20,7 +21,14 @@ from services.runtime.errors import FieldViolation, InvalidArgument
 from services.runtime.peers import peer_channel
 from services.runtime.server import MeshServer, ServiceSpec, build_verifier
 from tests.conftest import SERVICE_TOKEN, mesh_env
-from tests.helpers import LoggedIn, error_info, eventually, field_violations, rich_status
+from tests.helpers import (
+    LoggedIn,
+    _detail,
+    error_info,
+    eventually,
+    field_violations,
+    rich_status,
+)
 
 PROBE = "llmmesh.test.Probe"
 
@@ -248,3 +256,56 @@ async def test_a_client_that_goes_away_stops_the_stream_handler(env) -> None:
         assert in_flight == 0
     finally:
         await server.stop(0)
+
+
+async def test_streams_past_the_limit_are_refused_at_once_then_accepted(env) -> None:
+    """Limit 2: two streams open, a third is refused before its handler runs (UNAVAILABLE,
+    OVERLOADED, RetryInfo) while health still answers; once one ends, a new one is served."""
+    gates = {name: asyncio.Event() for name in (b"a", b"b", b"c", b"d")}
+    entered: list[bytes] = []
+
+    async def hold(request: bytes, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def]
+        entered.append(request)
+        yield b"started"
+        await gates[request].wait()
+        yield b"done"
+
+    env = {**env, "LLMMESH_EMBEDDING_MAX_CONCURRENT_STREAMS": "2"}
+    server = _probe_server(env, {"Hold": grpc.unary_stream_rpc_method_handler(hold)})
+    assert server.stream_limiter.limit == 2
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream(f"/{PROBE}/Hold")
+            first, second = call(b"a"), call(b"b")
+            assert await first.read() == b"started"
+            assert await second.read() == b"started"
+
+            third = call(b"c")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await third.read()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(refused.value).reason == "OVERLOADED"
+            retry = _detail(refused.value, error_details_pb2.RetryInfo)
+            assert retry.retry_delay.ToTimedelta().total_seconds() > 0
+            assert sorted(entered) == [b"a", b"b"]
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+            gates[b"a"].set()
+            assert await first.read() == b"done"
+            assert await first.read() is grpc.aio.EOF
+            assert await first.code() == grpc.StatusCode.OK
+            fourth = call(b"d")
+            assert await fourth.read() == b"started"
+            gates[b"b"].set()
+            gates[b"d"].set()
+            assert await second.read() == b"done"
+            assert await second.read() is grpc.aio.EOF
+            assert await fourth.read() == b"done"
+            assert await fourth.read() is grpc.aio.EOF
+            assert sorted(entered) == [b"a", b"b", b"d"]
+    finally:
+        await server.stop(0)
+    assert server.stream_limiter.in_use == 0

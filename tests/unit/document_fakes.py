@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from services.document.chunk_store import ChunkHit, ChunkStore
@@ -34,6 +34,7 @@ class StoredChunk:
     chunk_index: int
     text: str
     vector: tuple[float, ...]
+    created_at: float | None = None  # None: a chunk stored before chunks carried it
 
 
 class FakeEmbed:
@@ -66,8 +67,12 @@ class FakeChunkStore(ChunkStore):
     """Chunks per user in lists; cosine ranking like the Chroma collection."""
 
     def __init__(self, *, fail_add_at: int | None = None,
-                 error: BaseException | None = None, fail_delete: bool = False) -> None:
+                 error: BaseException | None = None, fail_delete: bool = False,
+                 clock: Callable[[], float] = lambda: 0.0) -> None:
         self.chunks: dict[str, list[StoredChunk]] = {}
+        self.clock = clock
+        self.scans: list[tuple[str, int, int]] = []
+        self.batch_deletes: list[tuple[str, list[str]]] = []
         self.fail_delete = fail_delete
         self.adds = 0
         self.deleted: list[tuple[str, str]] = []
@@ -84,7 +89,8 @@ class FakeChunkStore(ChunkStore):
             raise self.error
         assert len(texts) == len(vectors)
         self.chunks.setdefault(user_id, []).extend(
-            StoredChunk(document_id, collection, filename, first_index + n, text, tuple(v))
+            StoredChunk(document_id, collection, filename, first_index + n, text, tuple(v),
+                        self.clock())
             for n, (text, v) in enumerate(zip(texts, vectors, strict=True)))
 
     async def delete_document(self, user_id: str, document_id: str) -> None:
@@ -93,6 +99,22 @@ class FakeChunkStore(ChunkStore):
             raise ConnectionError("chroma went away during the cleanup")
         self.chunks[user_id] = [c for c in self.chunks.get(user_id, [])
                                 if c.document_id != document_id]
+
+    async def delete_documents(self, user_id: str, document_ids: Sequence[str]) -> None:
+        self.batch_deletes.append((user_id, list(document_ids)))
+        if self.fail_delete:
+            raise ConnectionError("chroma went away during the cleanup")
+        self.chunks[user_id] = [c for c in self.chunks.get(user_id, [])
+                                if c.document_id not in document_ids]
+
+    async def users(self) -> list[str]:
+        return sorted(self.chunks)
+
+    async def scan(self, user_id: str, offset: int,
+                   limit: int) -> list[tuple[str, float | None]]:
+        self.scans.append((user_id, offset, limit))
+        return [(c.document_id, c.created_at)
+                for c in self.chunks.get(user_id, [])[offset:offset + limit]]
 
     async def query(self, user_id: str, vector: Sequence[float], n_results: int, *,
                     collection: str = "", document_ids: Sequence[str] = ()) -> list[ChunkHit]:

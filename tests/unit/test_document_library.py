@@ -1,10 +1,12 @@
 """DocumentLibrary (services/document/library.py): per-user get, paging, delete,
-search and collections, with an in-memory chunk store and word-vector embeddings.
+search and collections, and the OrphanJanitor (services/document/janitor.py) that
+deletes uncommitted chunks, with an in-memory chunk store and word-vector embeddings.
 Every test runs twice: over in-memory records, and over the real DocumentRecords on
 the session's Redis (where the per-user keys and Lua scripts live)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
+from services.document.janitor import JanitorTask, OrphanJanitor, Sweep
 from services.document.library import SEARCH_OVERFETCH, CollectionInfo, DocumentLibrary
 from services.document.records import DocumentRecord, DocumentRecords
 from services.runtime.errors import NotFound
@@ -53,7 +56,9 @@ def shelf(request: pytest.FixtureRequest) -> Shelf:
         redis: Redis = request.getfixturevalue("redis")
         records = DocumentRecords(redis)
     store, embed = FakeChunkStore(), FakeEmbed()
-    return Shelf(DocumentLibrary(store, records, embed), store, records, embed)
+    shelf = Shelf(DocumentLibrary(store, records, embed), store, records, embed)
+    store.clock = lambda: shelf.clock  # chunks are stamped with the shelf's time
+    return shelf
 
 
 @pytest.fixture
@@ -217,3 +222,136 @@ async def test_collections_count_documents_and_chunks_per_user(shelf: Shelf, ali
     assert await shelf.library.collections(alice) == [
         CollectionInfo("home", 1, 2), CollectionInfo("work", 1, 3)]  # empty ones vanish
     assert await shelf.library.collections(bob) == [CollectionInfo("bobs", 1, 1)]
+
+
+# --- the orphan janitor ----------------------------------------------------------------
+
+HOUR = 3600.0
+
+
+def janitor(shelf: Shelf, **batches: int) -> OrphanJanitor:
+    return OrphanJanitor(shelf.store, shelf.records, min_age=HOUR,
+                         clock=lambda: shelf.clock, **batches)
+
+
+async def test_janitor_deletes_old_orphans_and_keeps_young_ones_and_committed_ones(
+        shelf: Shelf, alice: str) -> None:
+    old_committed = await shelf.add(alice, ["alpha one", "alpha two"])
+    old_orphan = await shelf.add(alice, ["alpha lost", "beta lost", "gamma"], commit=False)
+    shelf.clock += HOUR
+    young_orphan = await shelf.add(alice, ["alpha in flight"], commit=False)
+    young_committed = await shelf.add(alice, ["beta"])
+
+    swept = await janitor(shelf).run()
+
+    assert swept == Sweep(users=1, documents=1, chunks=3)
+    assert shelf.store.of(alice, old_orphan.id) == []
+    assert len(shelf.store.of(alice, old_committed.id)) == 2
+    assert len(shelf.store.of(alice, young_committed.id)) == 1
+    assert len(shelf.store.of(alice, young_orphan.id)) == 1
+    # Once old enough, the young orphan goes too; committed chunks never do.
+    shelf.clock += 10 * HOUR
+    assert await janitor(shelf).run() == Sweep(users=1, documents=1, chunks=1)
+    assert {c.document_id for c in shelf.store.of(alice)} == {old_committed.id,
+                                                             young_committed.id}
+    assert await janitor(shelf).run() == Sweep(users=1)
+
+
+async def test_an_orphan_still_receiving_chunks_is_aged_by_its_newest_chunk(
+        shelf: Shelf, alice: str) -> None:
+    """An ingestion in flight keeps storing batches: its first ones may be old."""
+    in_flight = await shelf.add(alice, ["alpha first batch"], commit=False)
+    shelf.clock += HOUR
+    await shelf.store.add(alice, in_flight.id, "default", "doc.txt", 1, ["beta next"],
+                          [word_vector("beta next")])
+
+    assert await janitor(shelf).run() == Sweep(users=1)
+    assert len(shelf.store.of(alice, in_flight.id)) == 2
+
+
+async def test_janitor_sweeps_many_users_in_bounded_batches(shelf: Shelf) -> None:
+    users = [new_user() for _ in range(12)]
+    kept: dict[str, set[str]] = {}
+    for user in users:
+        kept[user] = {(await shelf.add(user, ["alpha", "beta"])).id}
+        for n in range(3):
+            await shelf.add(user, [f"gamma {n}", f"delta {n}"], commit=False)
+    shelf.clock += HOUR + 100
+
+    swept = await janitor(shelf, scan_batch=3, delete_batch=2).run()
+
+    assert swept == Sweep(users=12, documents=36, chunks=72)
+    for user in users:
+        assert {c.document_id for c in shelf.store.of(user)} == kept[user]
+        assert len(shelf.store.of(user)) == 2
+    assert all(limit == 3 for _, _, limit in shelf.store.scans)
+    assert all(len(ids) <= 2 for _, ids in shelf.store.batch_deletes)
+
+
+async def test_chunks_without_a_creation_time_are_aged_from_first_sight(
+        shelf: Shelf, alice: str) -> None:
+    """Chunks stored before chunks carried created_at: swept one age after first seen."""
+    store = shelf.store
+    store.clock = lambda: None  # type: ignore[assignment,return-value]
+    legacy = await shelf.add(alice, ["alpha legacy"], commit=False)
+    committed = await shelf.add(alice, ["alpha kept"])
+    sweeper = janitor(shelf)
+
+    assert await sweeper.run() == Sweep(users=1)  # first seen now
+    shelf.clock += HOUR - 1
+    assert await sweeper.run() == Sweep(users=1)
+    shelf.clock += 1
+    assert await sweeper.run() == Sweep(users=1, documents=1, chunks=1)
+    assert [c.document_id for c in store.of(alice)] == [committed.id]
+    assert legacy.id not in {c.document_id for c in store.of(alice)}
+
+
+async def test_search_is_unchanged_by_a_sweep(shelf: Shelf, alice: str) -> None:
+    committed = [await shelf.add(alice, [f"alpha {n}"]) for n in range(3)]
+    await shelf.add(alice, [f"alpha alpha {n}" for n in range(SEARCH_OVERFETCH * 3)],
+                    commit=False)
+    shelf.clock += HOUR
+    before = await shelf.library.search(alice, "alpha", 3)
+
+    assert (await janitor(shelf).run()).documents == 1
+
+    assert await shelf.library.search(alice, "alpha", 3) == before
+    assert {h.document_id for h in before} == {r.id for r in committed}
+
+
+async def test_a_failing_user_does_not_stop_the_sweep(shelf: Shelf, alice: str,
+                                                      bob: str) -> None:
+    await shelf.add(alice, ["alpha"], commit=False)
+    await shelf.add(bob, ["beta"], commit=False)
+    shelf.clock += HOUR
+    real_scan = shelf.store.scan
+
+    async def scan(user_id: str, offset: int, limit: int) -> list[tuple[str, float | None]]:
+        if user_id == alice:
+            raise ConnectionError("chroma went away")
+        return await real_scan(user_id, offset, limit)
+
+    shelf.store.scan = scan  # type: ignore[method-assign]
+    assert await janitor(shelf).run() == Sweep(users=1, documents=1, chunks=1)
+    assert shelf.store.of(bob) == []
+    assert len(shelf.store.of(alice)) == 1
+
+
+async def test_janitor_task_sweeps_once_started_and_stops_cleanly(shelf: Shelf,
+                                                                  alice: str) -> None:
+    orphan = await shelf.add(alice, ["alpha"], commit=False)
+    shelf.clock += HOUR
+    task = JanitorTask(janitor(shelf), interval=HOUR)
+    swept = asyncio.Event()
+    real_delete = shelf.store.delete_documents
+
+    async def delete(user_id: str, document_ids: Sequence[str]) -> None:
+        await real_delete(user_id, document_ids)
+        swept.set()
+
+    shelf.store.delete_documents = delete  # type: ignore[method-assign]
+    task.start()
+    await swept.wait()  # the first pass runs at start, then the task waits an interval
+    await task.stop()
+    await task.stop()  # idempotent
+    assert shelf.store.of(alice, orphan.id) == []
