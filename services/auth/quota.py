@@ -1,11 +1,18 @@
 """Monthly token quotas: atomic reserve / extend / settle / release in Redis.
 
 Per user and month (UTC) Redis holds the tokens charged (`used`), the live holds
-(`holds`: id -> tokens, with `expiry`: id -> expiry ms) and each reservation's
-state (`states`: id -> held | settled | released). Each operation is one Lua
+(`holds`: id -> tokens, with `expiry`: id -> expiry ms and `checkpoints`: id ->
+tokens delivered so far, as the caller last reported on extending), each
+reservation's state (`states`: id -> held | settled | released | expired) and what
+a closed hold was charged (`charged`: id -> tokens). Each operation is one Lua
 script, so any number of chat replicas can race without overshooting a limit:
-a hold is granted only if used + live holds + the new hold fit. Expired holds are
-dropped by the next operation on that month. Keys share the user's hash tag.
+a hold is granted only if used + live holds + the new hold fit. The next operation
+or read on that month closes expired holds, charging each its last checkpoint
+(never more than the hold; nothing without one). Settle and release are
+idempotent: repeating the same outcome answers OK and changes nothing, a different
+second outcome is RESERVATION_CLOSED. A late settle of an expired hold charges the
+real usage in place of the checkpoint; a late release takes the checkpoint back.
+Keys share the user's hash tag.
 
 Reservation ids read `<user>.<month>.<random>`, so an id alone locates its keys.
 """
@@ -30,22 +37,35 @@ MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _RESERVATION_PATTERN = re.compile(r"^([0-9a-f]{32})\.(\d{4}-\d{2})\.([A-Za-z0-9_-]{16,})$")
 _RETENTION_SECONDS = 400 * 86400  # a year of monthly history, plus slack
 
-# Shared prelude: KEYS used, holds, expiry, states, limit. Drops expired holds and
-# computes now, used, reserved and limit (ARGV[1] is the default limit).
+# Shared prelude: KEYS used, holds, expiry, states, limit, checkpoints, charged.
+# Charges each expired hold its last checkpoint (capped at the hold; none: nothing),
+# marks it expired, then computes now, used, reserved and limit (ARGV[1] is the
+# default limit). Every operation and read runs it, so usage is never read stale.
 _PRELUDE = """
+local function keep(ttl)
+  for _, i in ipairs({1, 2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[i], ttl) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, id in ipairs(expired) do redis.call('HDEL', KEYS[2], id) end
+for _, id in ipairs(expired) do
+  local held = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+  local charge = math.min(tonumber(redis.call('HGET', KEYS[6], id) or '0'), held)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[6], id)
+  if redis.call('HGET', KEYS[4], id) == 'held' then
+    redis.call('HSET', KEYS[4], id, 'expired')
+    redis.call('HSET', KEYS[7], id, charge)
+    if charge > 0 then redis.call('INCRBY', KEYS[1], charge) end
+    keep(RETENTION)
+  end
+end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local reserved = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do reserved = reserved + tonumber(v) end
 local limit = tonumber(redis.call('GET', KEYS[5]) or ARGV[1])
-local function keep(ttl)
-  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-"""
+""".replace("RETENTION", str(_RETENTION_SECONDS))
 
 # ARGV: default limit, id, tokens, ttl ms, retention s
 _RESERVE = _PRELUDE + """
@@ -59,12 +79,17 @@ keep(ARGV[5])
 return {1, used, reserved + tokens, limit, expires}
 """
 
-# ARGV: default limit, id, additional tokens, ttl ms
+# ARGV: default limit, id, additional tokens, ttl ms, delivered tokens (0: none).
+# The checkpoint is recorded (it only grows) even when the growth does not fit.
 _EXTEND = _PRELUDE + """
 local state = redis.call('HGET', KEYS[4], ARGV[2])
 if not state then return {-1, used, reserved, limit, 0, 0} end
 local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '-1')
 if state ~= 'held' or held < 0 then return {-2, used, reserved, limit, 0, 0} end
+local delivered = tonumber(ARGV[5])
+if delivered > tonumber(redis.call('HGET', KEYS[6], ARGV[2]) or '0') then
+  redis.call('HSET', KEYS[6], ARGV[2], delivered)
+end
 local extra = tonumber(ARGV[3])
 if used + reserved + extra > limit then return {0, used, reserved, limit, 0, held} end
 local expires = now + tonumber(ARGV[4])
@@ -73,29 +98,46 @@ redis.call('ZADD', KEYS[3], expires, ARGV[2])
 return {1, used, reserved + extra, limit, expires, held + extra}
 """
 
-# ARGV: default limit, id, used tokens, retention s
+# ARGV: default limit, id, used tokens, retention s. Returns the tokens this call
+# charged (last). Settling again with the same usage answers OK and charges nothing;
+# settling an expired hold brings its checkpoint charge to the real usage.
 _SETTLE = _PRELUDE + """
 local state = redis.call('HGET', KEYS[4], ARGV[2])
-if not state then return {-1, used, reserved, limit} end
-if state ~= 'held' then return {-2, used, reserved, limit} end
+if not state then return {-1, used, reserved, limit, 0} end
+local usage = tonumber(ARGV[3])
+local charged = tonumber(redis.call('HGET', KEYS[7], ARGV[2]) or '-1')
+if state == 'settled' and charged == usage then return {1, used, reserved, limit, 0} end
+if state ~= 'held' and state ~= 'expired' then return {-2, used, reserved, limit, 0} end
 local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local delta = usage
+if state == 'expired' then delta = usage - math.max(charged, 0) end
 redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], 'settled')
-used = redis.call('INCRBY', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', KEYS[7], ARGV[2], usage)
+used = redis.call('INCRBY', KEYS[1], delta)
 keep(ARGV[4])
-return {1, used, reserved - held, limit}
+return {1, used, reserved - held, limit, delta}
 """
 
-# ARGV: default limit, id
+# ARGV: default limit, id. Releasing again answers OK; releasing an expired hold
+# takes back its checkpoint charge (the caller says nothing was delivered).
 _RELEASE = _PRELUDE + """
 local state = redis.call('HGET', KEYS[4], ARGV[2])
 if not state then return {-1, used, reserved, limit} end
-if state ~= 'held' then return {-2, used, reserved, limit} end
+if state == 'released' then return {1, used, reserved, limit} end
+if state ~= 'held' and state ~= 'expired' then return {-2, used, reserved, limit} end
 local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
 redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], 'released')
+if state == 'expired' then
+  local charged = tonumber(redis.call('HGET', KEYS[7], ARGV[2]) or '0')
+  redis.call('HDEL', KEYS[7], ARGV[2])
+  if charged > 0 then used = redis.call('DECRBY', KEYS[1], charged) end
+end
 return {1, used, reserved - held, limit}
 """
 
@@ -160,24 +202,33 @@ class QuotaLedger:
             raise _exhausted(user_id, snapshot, tokens)
         return Hold(reservation_id, user_id, month, tokens, int(expires)), snapshot
 
-    async def extend(self, reservation_id: str, tokens: int) -> tuple[Hold, QuotaSnapshot]:
+    async def extend(self, reservation_id: str, tokens: int,
+                     delivered_tokens: int = 0) -> tuple[Hold, QuotaSnapshot]:
+        """Grow a live hold by `tokens`, recording `delivered_tokens` (what the stream
+        delivered so far) as its checkpoint: an expired hold is charged its last
+        checkpoint, never more than the hold."""
         user_id, month = _parse(reservation_id)
         outcome, used, reserved, limit, expires, held = await self._extend(
             keys=_keys(user_id, month),
-            args=[self._default_limit, reservation_id, tokens, self._ttl_ms])
+            args=[self._default_limit, reservation_id, tokens, self._ttl_ms,
+                  delivered_tokens])
         snapshot = QuotaSnapshot(month, int(used), int(reserved), int(limit))
         _check_state(int(outcome), reservation_id, "extended")
         if not outcome:
             raise _exhausted(user_id, snapshot, tokens)
         return Hold(reservation_id, user_id, month, int(held), int(expires)), snapshot
 
-    async def settle(self, reservation_id: str, used_tokens: int) -> QuotaSnapshot:
+    async def settle(self, reservation_id: str, used_tokens: int) -> tuple[int, QuotaSnapshot]:
+        """Charge `used_tokens` and end the hold; returns the tokens this call charged
+        (0 for a repeated identical settle, the difference to the checkpoint charge for
+        an expired hold) and the month after it. A second, different outcome is
+        RESERVATION_CLOSED."""
         user_id, month = _parse(reservation_id)
-        outcome, used, reserved, limit = await self._settle(
+        outcome, used, reserved, limit, charged = await self._settle(
             keys=_keys(user_id, month),
             args=[self._default_limit, reservation_id, used_tokens, _RETENTION_SECONDS])
         _check_state(int(outcome), reservation_id, "settled")
-        return QuotaSnapshot(month, int(used), int(reserved), int(limit))
+        return int(charged), QuotaSnapshot(month, int(used), int(reserved), int(limit))
 
     async def release(self, reservation_id: str) -> QuotaSnapshot:
         user_id, month = _parse(reservation_id)
@@ -209,7 +260,7 @@ class QuotaLedger:
 def _keys(user_id: str, month: str) -> list[str]:
     base = f"auth:quota:{{{user_id}}}:{month}"
     return [f"{base}:used", f"{base}:holds", f"{base}:expiry", f"{base}:states",
-            _limit_key(user_id)]
+            _limit_key(user_id), f"{base}:checkpoints", f"{base}:charged"]
 
 
 def _limit_key(user_id: str) -> str:

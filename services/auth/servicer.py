@@ -130,9 +130,11 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                                               quota_pb2.ExtendReservationResponse],
     ) -> quota_pb2.ExtendReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id"),
-                _tokens_violation(request.additional_tokens, "additional_tokens", minimum=1)])
+                _tokens_violation(request.additional_tokens, "additional_tokens", minimum=1),
+                _tokens_violation(request.delivered_tokens, "delivered_tokens", minimum=0)])
         hold, snapshot = await self._ledger.extend(request.reservation_id,
-                                                   request.additional_tokens)
+                                                   request.additional_tokens,
+                                                   request.delivered_tokens)
         return quota_pb2.ExtendReservationResponse(reservation=_reservation(hold),
                                                    state=_state(snapshot))
 
@@ -143,8 +145,9 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     ) -> quota_pb2.SettleReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id"),
                 _tokens_violation(request.used_tokens, "used_tokens", minimum=0)])
-        snapshot = await self._ledger.settle(request.reservation_id, request.used_tokens)
-        return quota_pb2.SettleReservationResponse(charged_tokens=request.used_tokens,
+        charged, snapshot = await self._ledger.settle(request.reservation_id,
+                                                      request.used_tokens)
+        return quota_pb2.SettleReservationResponse(charged_tokens=charged,
                                                    state=_state(snapshot))
 
     async def ReleaseReservation(

@@ -4,7 +4,12 @@ usage (settle) or free the hold (release).
 
 Settling and releasing run detached from the caller's RPC, with their own
 deadline: they must happen even when the caller cancelled or its deadline passed.
-A hold whose settlement still fails expires in auth (never leaked).
+Both are idempotent in auth, so a transient failure (auth or its Redis unavailable,
+a deadline passed, a broken connection) is retried with backoff until the call
+lands or the hold's expiry passes; a definitive answer (NOT_FOUND, INVALID_ARGUMENT,
+FAILED_PRECONDITION...) is never retried. Each extension also reports what was
+delivered so far: a hold whose settlement never lands expires in auth charged
+that checkpoint (never leaked, never more than delivered).
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 
 from services.runtime.context import servicer_context_var
@@ -26,7 +32,15 @@ from services.runtime.rpc_errors import PEER_RETRY_SECONDS, from_peer
 
 log = logging.getLogger("llmmesh.chat.quota")
 
-SETTLE_TIMEOUT_SECONDS = 5.0
+SETTLE_TIMEOUT_SECONDS = 5.0  # per try
+SETTLE_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)  # then the last, again and again
+DRAIN_TIMEOUT_SECONDS = 10.0  # at shutdown; what is still pending then is checkpointed
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def settle_backoff(attempt: int) -> float:
+    """The pause after failed try number `attempt` (0-based)."""
+    return SETTLE_BACKOFF_SECONDS[min(attempt, len(SETTLE_BACKOFF_SECONDS) - 1)]
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -38,6 +52,7 @@ class Hold:
 
     reservation_id: str
     tokens: int
+    expire_time: float = 0.0  # when auth lets it lapse, Unix seconds (0: unknown)
 
 
 def quota_unavailable(code: grpc.StatusCode) -> Unavailable:
@@ -50,9 +65,14 @@ def quota_unavailable(code: grpc.StatusCode) -> Unavailable:
 class QuotaClient:
     """Reserve / extend / settle / release through one long-lived peer channel."""
 
-    def __init__(self, channel: grpc.aio.Channel, ttl_seconds: int) -> None:
+    def __init__(self, channel: grpc.aio.Channel, ttl_seconds: int, *,
+                 backoff: Callable[[int], float] = settle_backoff,
+                 clock: Callable[[], float] = time.time) -> None:
         self._stub = quota_pb2_grpc.QuotaServiceStub(channel)
+        self._ttl_seconds = ttl_seconds
         self._ttl = duration_pb2.Duration(seconds=ttl_seconds)
+        self._backoff = backoff
+        self._clock = clock
         self._detached: set[asyncio.Task[None]] = set()
 
     async def reserve(self, user_id: str, tokens: int) -> Hold:
@@ -62,38 +82,52 @@ class QuotaClient:
                 user_id=user_id, tokens=tokens, ttl=self._ttl))
         except grpc.aio.AioRpcError as error:
             raise from_peer(error, "quota") from None
-        return Hold(answer.reservation.reservation_id, answer.reservation.tokens)
+        return Hold(answer.reservation.reservation_id, answer.reservation.tokens,
+                    _seconds(answer.reservation.expire_time))
 
-    async def extend(self, hold: Hold, tokens: int) -> bool:
-        """Grow `hold` by `tokens`; False when the quota has no room for them
+    async def extend(self, hold: Hold, tokens: int, delivered_tokens: int = 0) -> bool:
+        """Grow `hold` by `tokens`, checkpointing `delivered_tokens` (what settling now
+        would charge) with it; False when the quota has no room for them
         (RESOURCE_EXHAUSTED). Any other failure (auth down, slow, broken) is not an
         exhausted quota: it raises Unavailable (QUOTA_UNAVAILABLE, with RetryInfo)."""
         try:
             answer = await self._stub.ExtendReservation(quota_pb2.ExtendReservationRequest(
-                reservation_id=hold.reservation_id, additional_tokens=tokens))
+                reservation_id=hold.reservation_id, additional_tokens=tokens,
+                delivered_tokens=delivered_tokens))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # no room: the norm
                 return False
             log.warning("extending a hold failed", extra={"code": error.code().name})
             raise quota_unavailable(error.code()) from None
         hold.tokens = answer.reservation.tokens
+        hold.expire_time = _seconds(answer.reservation.expire_time)
         return True
 
     def settle(self, hold: Hold, used_tokens: int) -> asyncio.Task[None]:
         """Charge `used_tokens` and end the hold (detached; the task is returned)."""
         request = quota_pb2.SettleReservationRequest(reservation_id=hold.reservation_id,
                                                      used_tokens=used_tokens)
-        return self._detach(self._call(self._stub.SettleReservation, request, "settle"))
+        return self._detach(self._call(self._stub.SettleReservation, request, "settle",
+                                       self._deadline(hold)))
 
     def release(self, hold: Hold) -> asyncio.Task[None]:
         """End the hold without charging (detached)."""
         request = quota_pb2.ReleaseReservationRequest(reservation_id=hold.reservation_id)
-        return self._detach(self._call(self._stub.ReleaseReservation, request, "release"))
+        return self._detach(self._call(self._stub.ReleaseReservation, request, "release",
+                                       self._deadline(hold)))
 
     async def drain(self) -> None:
-        """Wait for detached settlements (at shutdown)."""
+        """Wait for detached settlements (at shutdown), at most DRAIN_TIMEOUT_SECONDS."""
         if self._detached:
-            await asyncio.wait(list(self._detached), timeout=SETTLE_TIMEOUT_SECONDS)
+            _, pending = await asyncio.wait(list(self._detached),
+                                            timeout=DRAIN_TIMEOUT_SECONDS)
+            if pending:
+                log.warning("quota settlements still pending at shutdown; their holds "
+                            "will expire charged their checkpoints",
+                            extra={"pending": len(pending)})
+
+    def _deadline(self, hold: Hold) -> float:
+        return hold.expire_time or self._clock() + self._ttl_seconds
 
     def _detach(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # A fresh deadline: the caller's RPC may already be cancelled or out of time.
@@ -105,9 +139,34 @@ class QuotaClient:
         return task
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
-                    request: RequestT, what: str) -> None:
-        try:
-            await method(request, timeout=SETTLE_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as error:
-            log.warning("quota %s failed; the hold will expire", what,
-                        extra={"code": error.code().name, "request": str(request).strip()})
+                    request: RequestT, what: str, deadline: float) -> None:
+        """Try until the call lands, a definitive answer comes, or `deadline` passes."""
+        attempt = 0
+        while True:
+            try:
+                await method(request, timeout=SETTLE_TIMEOUT_SECONDS)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _TRANSIENT:
+                    log.warning("quota %s refused; not retried", what, extra={
+                        "code": error.code().name, "request": str(request).strip()})
+                    return
+                failure = error.code().name
+            except OSError as error:  # a broken connection below gRPC
+                failure = type(error).__name__
+            delay = self._backoff(attempt)
+            attempt += 1
+            if self._clock() + delay >= deadline:
+                log.warning("quota %s failed until the hold's expiry; it expires charged "
+                            "its checkpoint", what, extra={
+                                "code": failure, "attempts": attempt,
+                                "request": str(request).strip()})
+                return
+            log.info("quota %s failed; retrying", what,
+                     extra={"code": failure, "attempt": attempt})
+            await asyncio.sleep(delay)
+
+
+def _seconds(timestamp: timestamp_pb2.Timestamp) -> float:
+    """A protobuf Timestamp as Unix seconds."""
+    return timestamp.seconds + timestamp.nanos / 1e9

@@ -162,7 +162,8 @@ class ChatEngine:
                     if text:
                         tokens = count_tokens(text)
                         needed = turn.prompt_estimate + generation.completion_tokens + tokens
-                        if needed > turn.hold.tokens and not await self._grow(turn, needed):
+                        if needed > turn.hold.tokens and not await self._grow(
+                                turn, needed, generation):
                             generation.finish = FinishReason.QUOTA_EXHAUSTED
                             break
                         generation.parts.append(text)
@@ -189,18 +190,27 @@ class ChatEngine:
                        content=generation.text, create_time=time.time(),
                        sources=turn.sources or ())
 
-    async def _grow(self, turn: PreparedTurn, needed: int) -> bool:
-        """Grow the hold by a comfortable step, or at least by what is missing."""
+    async def _grow(self, turn: PreparedTurn, needed: int, generation: Generation) -> bool:
+        """Grow the hold by a comfortable step, or at least by what is missing,
+        checkpointing what was delivered so far: what a cut-off settle would charge
+        now (nothing before the first token, as a release)."""
         short = needed - turn.hold.tokens
         step = max(short, MIN_EXTENSION_TOKENS, turn.max_tokens // 4)
-        if await self._quota.extend(turn.hold, step):
+        delivered = (self._local_usage(turn, generation).total_tokens
+                     if generation.completion_tokens else 0)
+        if await self._quota.extend(turn.hold, step, delivered):
             return True
-        return step > short and await self._quota.extend(turn.hold, short)
+        return step > short and await self._quota.extend(turn.hold, short, delivered)
 
     def _usage(self, turn: PreparedTurn, generation: Generation) -> Usage:
         """The provider's usage when it reported one for a complete stream, else ours."""
         if generation.provider_usage and generation.finish is not FinishReason.QUOTA_EXHAUSTED:
             return Usage(generation.provider_prompt_tokens, generation.provider_completion_tokens)
+        return self._local_usage(turn, generation)
+
+    @staticmethod
+    def _local_usage(turn: PreparedTurn, generation: Generation) -> Usage:
+        """Our own count: the prompt and the completion delivered so far."""
         prompt = count_prompt_tokens(str(m.content) for m in turn.messages)
         return Usage(prompt, generation.completion_tokens)
 

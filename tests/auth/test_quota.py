@@ -107,6 +107,7 @@ async def test_unsettled_holds_expire(quota_stub, auth_stub, alice: LoggedIn) ->
     assert settled.state.tokens_used == 30
 
 
+
 async def test_extend_grows_a_hold_only_when_it_fits(quota_stub, alice: LoggedIn) -> None:
     await _limit(quota_stub, alice.user_id, 1000)
     held = await _reserve(quota_stub, alice.user_id, 500)
@@ -123,13 +124,18 @@ async def test_extend_grows_a_hold_only_when_it_fits(quota_stub, alice: LoggedIn
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_settle_is_once_only(quota_stub, alice: LoggedIn) -> None:
+async def test_settle_is_once_only_and_a_retry_answers_ok(quota_stub, alice: LoggedIn) -> None:
     held = await _reserve(quota_stub, alice.user_id, 10)
     request = quota_pb2.SettleReservationRequest(
         reservation_id=held.reservation.reservation_id, used_tokens=10)
     first = await quota_stub.SettleReservation(request, metadata=SERVICE_METADATA)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await quota_stub.SettleReservation(request, metadata=SERVICE_METADATA)
+    assert first.charged_tokens == 10
+    retried = await quota_stub.SettleReservation(request, metadata=SERVICE_METADATA)
+    assert retried.charged_tokens == 0 and retried.state == first.state
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a different outcome
+        await quota_stub.SettleReservation(quota_pb2.SettleReservationRequest(
+            reservation_id=held.reservation.reservation_id, used_tokens=11),
+            metadata=SERVICE_METADATA)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError):
         await quota_stub.ReleaseReservation(quota_pb2.ReleaseReservationRequest(

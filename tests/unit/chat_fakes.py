@@ -165,6 +165,7 @@ class FakeHold:
     state: str = "held"  # held | settled | released
     charged: int = 0
     extensions: list[int] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)  # delivered, with each extend
 
 
 class FakeQuota(QuotaClient):
@@ -200,10 +201,11 @@ class FakeQuota(QuotaClient):
         self.holds[reservation_id] = FakeHold(user_id, tokens)
         return Hold(reservation_id, tokens)
 
-    async def extend(self, hold: Hold, tokens: int) -> bool:
+    async def extend(self, hold: Hold, tokens: int, delivered_tokens: int = 0) -> bool:
         self.extend_requests.append(tokens)
         state = self.holds[hold.reservation_id]
         assert state.state == "held", "extending a closed hold"
+        state.checkpoints.append(delivered_tokens)
         if self.fail_extensions is not None:
             raise self.fail_extensions
         if self.refuse_extensions or tokens > self.room(state.user_id):

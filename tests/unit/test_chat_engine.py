@@ -5,13 +5,16 @@ No sockets; one test runs the real ConversationStore on the session's Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from llmmesh.auth.v1 import quota_pb2
 from redis.asyncio import Redis
 
 from services.chat.conversations import ConversationStore, MessageRecord
@@ -262,6 +265,15 @@ async def test_an_answer_that_outgrows_its_hold_extends_it_by_a_comfortable_step
     assert done.finish_reason is FinishReason.STOP
     assert done.content == "abcd" * 10
     assert hold.state == "settled" and hold.charged == done.usage.total_tokens
+    # the checkpoint is what was delivered before the part that needed more room
+    assert hold.checkpoints == [local_usage(turn.messages, ["abcd"] * 2).total_tokens]
+    assert hold.checkpoints[0] <= hold.charged
+
+
+async def test_an_extension_before_any_token_checkpoints_nothing() -> None:
+    r = rig(ScriptedChatModel(parts=["x" * 400]))  # 100 local tokens, past max_tokens
+    await run_turn(r, TurnRequest("Long", options=TurnOptions(max_tokens=2)))
+    assert r.quota.only_hold().checkpoints == [0]
 
 
 async def test_the_extension_step_scales_with_max_tokens() -> None:
@@ -635,3 +647,96 @@ async def test_history_window_over_the_real_conversation_store(redis: Redis) -> 
     stored = await store.get(user, conversation.removeprefix("conversations/"))
     assert stored is not None and stored.message_count == 8
     assert await store.history(OTHER, conversation.removeprefix("conversations/"), 2) is None
+
+
+# --- retried settlement -----------------------------------------------------------------
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                details="settle failed")
+
+
+class SettleStub:
+    """Settle and Release failing with `failures` (in turn), then answering."""
+
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls: list[Any] = []
+
+    async def _answer(self, request: Any, **options: Any) -> Any:
+        self.calls.append(request)
+        if self.failures:
+            raise self.failures.pop(0)
+        return None
+
+    SettleReservation = _answer
+    ReleaseReservation = _answer
+
+
+async def settle_with(stub: SettleStub, operation: str, *, expire_in: float = 60.0) -> None:
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
+    try:
+        client = QuotaClient(channel, ttl_seconds=60, backoff=lambda attempt: 0.0)
+        cast(Any, client)._stub = stub
+        hold = Hold("r1", 10, expire_time=time.time() + expire_in)
+        task = client.settle(hold, 7) if operation == "settle" else client.release(hold)
+        await client.drain()
+        assert task.done() and task.exception() is None
+    finally:
+        await channel.close()
+
+
+@pytest.mark.parametrize("operation", ["settle", "release"])
+async def test_a_settlement_is_retried_through_transient_failures_until_it_lands(
+        operation: str) -> None:
+    stub = SettleStub(rpc_error(grpc.StatusCode.UNAVAILABLE),
+                      rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED),
+                      ConnectionResetError("reset"), rpc_error(grpc.StatusCode.UNAVAILABLE))
+    await settle_with(stub, operation)
+    assert len(stub.calls) == 5  # four failures, then it landed
+    assert all(call == stub.calls[0] for call in stub.calls)  # the same request each time
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.FAILED_PRECONDITION,
+                                  grpc.StatusCode.PERMISSION_DENIED],
+                         ids=lambda c: c.name)
+async def test_a_definitive_answer_is_never_retried(code: grpc.StatusCode) -> None:
+    stub = SettleStub(rpc_error(code))
+    await settle_with(stub, "settle")
+    assert len(stub.calls) == 1
+
+
+async def test_retries_stop_once_the_hold_has_expired() -> None:
+    stub = SettleStub(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
+    await settle_with(stub, "settle", expire_in=-1.0)
+    assert len(stub.calls) == 1  # past its expiry: the checkpoint charge stands
+
+
+async def test_the_hold_carries_auths_expiry_and_extensions_send_the_checkpoint() -> None:
+    requests: list[Any] = []
+    expire = 1_900_000_000
+
+    class Stub:
+        async def ReserveTokens(self, request: Any) -> Any:
+            return quota_pb2.ReserveTokensResponse(reservation=quota_pb2.Reservation(
+                reservation_id="r1", tokens=request.tokens,
+                expire_time=timestamp_pb2.Timestamp(seconds=expire)))
+
+        async def ExtendReservation(self, request: Any) -> Any:
+            requests.append(request)
+            return quota_pb2.ExtendReservationResponse(reservation=quota_pb2.Reservation(
+                reservation_id="r1", tokens=30,
+                expire_time=timestamp_pb2.Timestamp(seconds=expire + 5, nanos=500_000_000)))
+
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")  # never dialled
+    try:
+        client = QuotaClient(channel, ttl_seconds=60)
+        cast(Any, client)._stub = Stub()
+        hold = await client.reserve(USER, 10)
+        assert hold.expire_time == expire
+        assert await client.extend(hold, 20, 12)
+        assert (hold.tokens, hold.expire_time) == (30, expire + 5.5)
+        assert (requests[0].additional_tokens, requests[0].delivered_tokens) == (20, 12)
+    finally:
+        await channel.close()

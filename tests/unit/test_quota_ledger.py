@@ -80,7 +80,7 @@ async def test_extend_grows_a_hold_within_the_limit(ledger: QuotaLedger, user: s
         await ledger.extend(hold.reservation_id, 1)
     assert caught.value.metadata["requested"] == "1"
     assert await state(ledger, user) == (0, 1000)  # the refused extension changed nothing
-    assert (await ledger.settle(hold.reservation_id, 10)).reserved == 200  # 800 freed
+    assert (await ledger.settle(hold.reservation_id, 10))[1].reserved == 200  # 800 freed
 
 
 async def test_settle_charges_the_real_usage_and_frees_the_rest_of_the_hold(
@@ -89,7 +89,7 @@ async def test_settle_charges_the_real_usage_and_frees_the_rest_of_the_hold(
     with pytest.raises(ResourceExhausted):
         await ledger.reserve(user, 200)
 
-    snapshot = await ledger.settle(hold.reservation_id, 150)
+    _, snapshot = await ledger.settle(hold.reservation_id, 150)
 
     assert (snapshot.used, snapshot.reserved, snapshot.remaining) == (150, 0, 850)
     _, after = await ledger.reserve(user, 850)  # the unused 750 came back
@@ -99,7 +99,7 @@ async def test_settle_charges_the_real_usage_and_frees_the_rest_of_the_hold(
 async def test_settle_charges_more_than_was_held_when_that_was_used(ledger: QuotaLedger,
                                                                     user: str) -> None:
     hold, _ = await ledger.reserve(user, 100)
-    snapshot = await ledger.settle(hold.reservation_id, 1200)
+    _, snapshot = await ledger.settle(hold.reservation_id, 1200)
     assert (snapshot.used, snapshot.reserved, snapshot.remaining) == (1200, 0, 0)
     with pytest.raises(ResourceExhausted):
         await ledger.reserve(user, 1)
@@ -118,8 +118,8 @@ async def test_release_frees_the_hold_without_charging(ledger: QuotaLedger,
 
 
 @pytest.mark.parametrize(("first", "then"), [
-    ("settle", "settle"), ("settle", "release"), ("settle", "extend"),
-    ("release", "release"), ("release", "settle"), ("release", "extend"),
+    ("settle", "settle-other"), ("settle", "release"), ("settle", "extend"),
+    ("release", "settle"), ("release", "extend"),
 ])
 async def test_a_closed_hold_cannot_be_used_again(ledger: QuotaLedger, user: str,
                                                   first: str, then: str) -> None:
@@ -137,10 +137,31 @@ async def test_a_closed_hold_cannot_be_used_again(ledger: QuotaLedger, user: str
 async def close_or_use(ledger: QuotaLedger, operation: str, reservation_id: str) -> None:
     if operation == "settle":
         await ledger.settle(reservation_id, 60)
+    elif operation == "settle-other":
+        await ledger.settle(reservation_id, 61)
     elif operation == "release":
         await ledger.release(reservation_id)
     else:
         await ledger.extend(reservation_id, 10)
+
+
+@pytest.mark.parametrize("operation", ["settle", "release"])
+async def test_repeating_the_same_settle_or_release_answers_ok_and_changes_nothing(
+        ledger: QuotaLedger, user: str, operation: str) -> None:
+    hold, _ = await ledger.reserve(user, 100)
+    other, _ = await ledger.reserve(user, 50)
+    await close_or_use(ledger, operation, hold.reservation_id)
+    before = await state(ledger, user)
+
+    await close_or_use(ledger, operation, hold.reservation_id)  # a retry: no error
+    await close_or_use(ledger, operation, hold.reservation_id)
+
+    assert await state(ledger, user) == before == ((60, 50) if operation == "settle"
+                                                   else (0, 50))
+    if operation == "settle":
+        charged, _ = await ledger.settle(hold.reservation_id, 60)
+        assert charged == 0  # never charged twice
+    assert (await ledger.release(other.reservation_id)).reserved == 0
 
 
 @pytest.mark.parametrize("reservation_id", [
@@ -202,8 +223,9 @@ async def test_concurrent_extensions_and_reservations_never_overshoot(
         *(ledger.settle(h.reservation_id, 50) for h in ending),
         return_exceptions=True)
 
-    assert all(isinstance(o, tuple | QuotaSnapshot | ResourceExhausted) for o in outcomes)
-    granted = sum(isinstance(o, tuple) for o in outcomes)
+    assert all(isinstance(o, tuple | ResourceExhausted) for o in outcomes)
+    assert all(isinstance(o, tuple) for o in outcomes[18:])  # the settles
+    granted = sum(isinstance(o, tuple) for o in outcomes[:18])
     assert granted == 12  # 500 free tokens fit twelve 40-token requests, whichever kind
     assert await state(ledger, user) == (100, 400 + 12 * 40)  # used + held = 980 <= 1000
 
@@ -225,7 +247,7 @@ async def test_a_new_month_starts_with_the_whole_limit(ledger: QuotaLedger, user
     assert hold.month == "2031-02" and ".2031-02." in hold.reservation_id
     assert (snapshot.used, snapshot.reserved) == (0, LIMIT)
     # January's late hold settles into January, whatever the month is now
-    january = await ledger.settle(late.reservation_id, 250)
+    _, january = await ledger.settle(late.reservation_id, 250)
     assert (january.month, january.used, january.reserved) == ("2031-01", 950, 0)
     assert await state(ledger, user, "2031-02") == (0, LIMIT)
 
@@ -254,11 +276,13 @@ async def test_a_late_settlement_of_an_expired_hold_still_charges_the_usage(
     other, _ = await ledger.reserve(user, 100)
     await expire_now(redis, user, hold.reservation_id)
 
-    snapshot = await ledger.settle(hold.reservation_id, 120)
+    charged, snapshot = await ledger.settle(hold.reservation_id, 120)
 
+    assert charged == 120
     assert (snapshot.used, snapshot.reserved) == (120, 100)  # the live hold is untouched
+    assert (await ledger.settle(hold.reservation_id, 120))[0] == 0  # a retry: OK, no charge
     with pytest.raises(FailedPrecondition):
-        await ledger.settle(hold.reservation_id, 120)
+        await ledger.settle(hold.reservation_id, 121)
     assert (await ledger.release(other.reservation_id)).reserved == 0
 
 
@@ -271,3 +295,81 @@ async def test_a_holds_ttl_is_the_asked_one_capped_by_the_configured_one(
     after_ms = time.time() * 1000
     assert before_ms + expected * 1000 - 50 <= hold.expire_time_ms <= (
         after_ms + expected * 1000 + 50)
+
+
+# --- checkpoints: an expired hold is charged what was last reported delivered ---------
+
+async def test_an_expired_hold_with_a_checkpoint_is_charged_exactly_the_checkpoint(
+        ledger: QuotaLedger, redis: Redis, user: str) -> None:
+    hold, _ = await ledger.reserve(user, 300)
+    await ledger.extend(hold.reservation_id, 100, delivered_tokens=250)
+    await ledger.extend(hold.reservation_id, 100, delivered_tokens=340)
+    other, _ = await ledger.reserve(user, 50)
+    await expire_now(redis, user, hold.reservation_id)
+
+    assert await state(ledger, user) == (340, 50)  # a read reaps it consistently
+    assert await state(ledger, user) == (340, 50)  # and charges it once
+    with pytest.raises(FailedPrecondition):
+        await ledger.extend(hold.reservation_id, 1, delivered_tokens=400)
+    assert await state(ledger, user) == (340, 50)
+    assert (await ledger.release(other.reservation_id)).used == 340
+
+
+async def test_an_expired_hold_without_a_checkpoint_is_charged_nothing(
+        ledger: QuotaLedger, redis: Redis, user: str) -> None:
+    hold, _ = await ledger.reserve(user, 300)
+    await ledger.extend(hold.reservation_id, 100)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (0, 0)
+
+
+async def test_an_expired_holds_charge_never_exceeds_the_hold(
+        ledger: QuotaLedger, redis: Redis, user: str) -> None:
+    hold, _ = await ledger.reserve(user, 100)
+    await ledger.extend(hold.reservation_id, 20, delivered_tokens=500)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (120, 0)
+
+
+async def test_a_refused_extension_still_records_its_checkpoint(
+        ledger: QuotaLedger, redis: Redis, user: str) -> None:
+    hold, _ = await ledger.reserve(user, 900)
+    with pytest.raises(ResourceExhausted):
+        await ledger.extend(hold.reservation_id, 200, delivered_tokens=880)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (880, 0)
+
+
+async def test_a_checkpoint_never_moves_back(ledger: QuotaLedger, redis: Redis,
+                                             user: str) -> None:
+    hold, _ = await ledger.reserve(user, 300)
+    await ledger.extend(hold.reservation_id, 10, delivered_tokens=200)
+    await ledger.extend(hold.reservation_id, 10, delivered_tokens=150)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (200, 0)
+
+
+@pytest.mark.parametrize(("usage", "charged"), [(400, 60), (300, -40)])
+async def test_a_late_settle_replaces_the_checkpoint_charge_with_the_real_usage(
+        ledger: QuotaLedger, redis: Redis, user: str, usage: int, charged: int) -> None:
+    hold, _ = await ledger.reserve(user, 300)
+    await ledger.extend(hold.reservation_id, 100, delivered_tokens=340)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (340, 0)
+
+    assert (await ledger.settle(hold.reservation_id, usage))[0] == charged
+    assert await state(ledger, user) == (usage, 0)
+    assert (await ledger.settle(hold.reservation_id, usage))[0] == 0  # retried: once only
+    assert await state(ledger, user) == (usage, 0)
+
+
+async def test_a_late_release_takes_the_checkpoint_charge_back(
+        ledger: QuotaLedger, redis: Redis, user: str) -> None:
+    hold, _ = await ledger.reserve(user, 300)
+    await ledger.extend(hold.reservation_id, 100, delivered_tokens=120)
+    await expire_now(redis, user, hold.reservation_id)
+    assert await state(ledger, user) == (120, 0)
+
+    await ledger.release(hold.reservation_id)
+    await ledger.release(hold.reservation_id)
+    assert await state(ledger, user) == (0, 0)

@@ -160,19 +160,28 @@ class ExtendReservationRequest(_message.Message):
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     ADDITIONAL_TOKENS_FIELD_NUMBER: _builtins.int
+    DELIVERED_TOKENS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The hold to grow."""
     additional_tokens: _builtins.int
     """Tokens to add, at least 1."""
+    delivered_tokens: _builtins.int
+    """Tokens delivered so far (prompt + completion, what settling now would charge),
+    recorded with the hold as its checkpoint, even when the growth does not fit.
+    A hold that expires unsettled is charged its last checkpoint, never more than
+    the hold; 0 (unset) records nothing. A later settle replaces that charge with
+    the real usage, a later release takes it back.
+    """
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
         additional_tokens: _builtins.int = ...,
+        delivered_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_tokens", b"additional_tokens", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_tokens", b"additional_tokens", "delivered_tokens", b"delivered_tokens", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,7 +33,9 @@ class QuotaServiceStub:
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     def __init__(self, channel):
@@ -77,7 +79,9 @@ class QuotaServiceServicer:
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     def ReserveTokens(self, request, context):
@@ -98,14 +102,19 @@ class QuotaServiceServicer:
 
     def SettleReservation(self, request, context):
         """Charges the tokens actually used and ends the hold. Real usage is always
-        charged, even past the limit or after the hold expired.
+        charged, even past the limit or after the hold expired (in place of the
+        expired hold's checkpoint charge). Idempotent: settling again with the same
+        usage answers OK and charges nothing; a different second outcome (another
+        usage, or a release) is FAILED_PRECONDITION (RESERVATION_CLOSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseReservation(self, request, context):
-        """Ends a hold without charging anything.
+        """Ends a hold without charging anything (an expired hold's checkpoint charge is
+        taken back). Idempotent: releasing again answers OK; releasing a settled hold
+        is FAILED_PRECONDITION (RESERVATION_CLOSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,7 +171,9 @@ class QuotaService:
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     @staticmethod

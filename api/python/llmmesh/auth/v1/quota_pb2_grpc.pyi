@@ -34,7 +34,9 @@ class QuotaServiceStub:
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     @_typing.overload
@@ -51,10 +53,16 @@ class QuotaServiceStub:
     """
     SettleReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.SettleReservationRequest, _quota_pb2.SettleReservationResponse]
     """Charges the tokens actually used and ends the hold. Real usage is always
-    charged, even past the limit or after the hold expired.
+    charged, even past the limit or after the hold expired (in place of the
+    expired hold's checkpoint charge). Idempotent: settling again with the same
+    usage answers OK and charges nothing; a different second outcome (another
+    usage, or a release) is FAILED_PRECONDITION (RESERVATION_CLOSED).
     """
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]
-    """Ends a hold without charging anything."""
+    """Ends a hold without charging anything (an expired hold's checkpoint charge is
+    taken back). Idempotent: releasing again answers OK; releasing a settled hold
+    is FAILED_PRECONDITION (RESERVATION_CLOSED).
+    """
     SetTokenLimit: _grpc.UnaryUnaryMultiCallable[_quota_pb2.SetTokenLimitRequest, _quota_pb2.SetTokenLimitResponse]
     """Sets (or with 0, clears) a user's own monthly limit, overriding the default."""
 
@@ -67,7 +75,9 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,10 +91,16 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     """
     SettleReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.SettleReservationRequest, _quota_pb2.SettleReservationResponse]  # type: ignore[assignment]
     """Charges the tokens actually used and ends the hold. Real usage is always
-    charged, even past the limit or after the hold expired.
+    charged, even past the limit or after the hold expired (in place of the
+    expired hold's checkpoint charge). Idempotent: settling again with the same
+    usage answers OK and charges nothing; a different second outcome (another
+    usage, or a release) is FAILED_PRECONDITION (RESERVATION_CLOSED).
     """
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReleaseReservationRequest, _quota_pb2.ReleaseReservationResponse]  # type: ignore[assignment]
-    """Ends a hold without charging anything."""
+    """Ends a hold without charging anything (an expired hold's checkpoint charge is
+    taken back). Idempotent: releasing again answers OK; releasing a settled hold
+    is FAILED_PRECONDITION (RESERVATION_CLOSED).
+    """
     SetTokenLimit: _aio.UnaryUnaryMultiCallable[_quota_pb2.SetTokenLimitRequest, _quota_pb2.SetTokenLimitResponse]  # type: ignore[assignment]
     """Sets (or with 0, clears) a user's own monthly limit, overriding the default."""
 
@@ -96,7 +112,9 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
 
     The protocol: ReserveTokens holds the request's worst case before generating;
     SettleReservation charges the real usage and frees the rest; ReleaseReservation
-    frees a hold that generated nothing. A hold that is never settled expires.
+    frees a hold that generated nothing. A hold that is never settled expires and is
+    charged the delivered tokens last reported with ExtendReservation (nothing when
+    none were). Settle and release are idempotent, so callers retry them freely.
     """
 
     @_abc_1.abstractmethod
@@ -126,7 +144,10 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.SettleReservationResponse, _abc.Awaitable[_quota_pb2.SettleReservationResponse]]:
         """Charges the tokens actually used and ends the hold. Real usage is always
-        charged, even past the limit or after the hold expired.
+        charged, even past the limit or after the hold expired (in place of the
+        expired hold's checkpoint charge). Idempotent: settling again with the same
+        usage answers OK and charges nothing; a different second outcome (another
+        usage, or a release) is FAILED_PRECONDITION (RESERVATION_CLOSED).
         """
 
     @_abc_1.abstractmethod
@@ -135,7 +156,10 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _quota_pb2.ReleaseReservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.ReleaseReservationResponse, _abc.Awaitable[_quota_pb2.ReleaseReservationResponse]]:
-        """Ends a hold without charging anything."""
+        """Ends a hold without charging anything (an expired hold's checkpoint charge is
+        taken back). Idempotent: releasing again answers OK; releasing a settled hold
+        is FAILED_PRECONDITION (RESERVATION_CLOSED).
+        """
 
     @_abc_1.abstractmethod
     def SetTokenLimit(
