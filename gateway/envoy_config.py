@@ -182,7 +182,10 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
     preflight = {"name": "cors_preflight",
                  "match": {"prefix": "/", "headers": [
                      {"name": ":method", "string_match": {"exact": "OPTIONS"}},
-                     {"name": "access-control-request-method", "present_match": True}]},
+                     {"name": "access-control-request-method", "present_match": True},
+                     # Never a gRPC call dressed as a preflight (this route skips JWT).
+                     {"name": "content-type", "string_match": {"prefix": "application/grpc"},
+                      "invert_match": True, "treat_missing_header_as_empty": True}]},
                  "route": {"cluster": first_upstream, "timeout": "5s",
                            "rate_limits": descriptor_actions(spec, spec.anonymous_class)},
                  "typed_per_filter_config": {JWT_FILTER: _jwt(None)}}

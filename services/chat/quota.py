@@ -35,6 +35,8 @@ log = logging.getLogger("llmmesh.chat.quota")
 SETTLE_TIMEOUT_SECONDS = 5.0  # per try
 SETTLE_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)  # then the last, again and again
 DRAIN_TIMEOUT_SECONDS = 10.0  # at shutdown; what is still pending then is checkpointed
+# How long after a hold's expiry a settlement is still retried (auth accepts it late).
+LATE_SETTLE_SECONDS = 900.0
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -127,7 +129,9 @@ class QuotaClient:
                             extra={"pending": len(pending)})
 
     def _deadline(self, hold: Hold) -> float:
-        return hold.expire_time or self._clock() + self._ttl_seconds
+        # Past the hold's expiry a settle still lands: auth then replaces the checkpoint
+        # charge with the real usage (and a release takes it back), so keep trying a while.
+        return (hold.expire_time or self._clock() + self._ttl_seconds) + LATE_SETTLE_SECONDS
 
     def _detach(self, call: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # A fresh deadline: the caller's RPC may already be cancelled or out of time.

@@ -48,6 +48,8 @@ from services.runtime.errors import Internal, LlmmeshError, NotFound
 from services.runtime.provider_errors import provider_error
 
 log = logging.getLogger("llmmesh.chat")
+# How long a finished turn waits for its settlement before saying done.
+SETTLE_WAIT_SECONDS = 2.0
 
 MIN_EXTENSION_TOKENS = 64
 STORE_RETRY_DELAYS = (0.1, 0.3)  # pauses between the tries to store a turn (3 tries)
@@ -182,7 +184,9 @@ class ChatEngine:
         settled = self._quota.settle(turn.hold, usage.total_tokens)
         if turn.sources is not None:
             yield SourcesFound(turn.sources)
-        await asyncio.shield(settled)
+        # Normally lands in milliseconds; while auth is away it goes on retrying, detached,
+        # and the client is not kept waiting for it.
+        await asyncio.wait({settled}, timeout=SETTLE_WAIT_SECONDS)
         # Every token was delivered and charged: a failed history write does not fail
         # the turn, the Finished event says it was not stored (an empty message name).
         name = await self._store(turn, generation, usage, started_ms)

@@ -164,9 +164,11 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 # Close the handler's generator now, not whenever it is garbage collected:
                 # a client that went away must stop the work (e.g. a model call) at once.
-                if inspect.isasyncgen(result):
-                    await _close_quietly(result)
-                call.end()
+                try:
+                    if inspect.isasyncgen(result):
+                        await _close_quietly(result)
+                finally:  # even when a second cancel interrupts the close
+                    call.end()
 
         return stream
 

@@ -131,6 +131,11 @@ async def test_cors_simple_requests_and_foreign_origins(http: aiohttp.ClientSess
         assert response.status == 401, "CORS answers preflights, not the JWT check"
         assert response.headers["access-control-allow-origin"] == origin
         assert "x-request-id" in response.headers["access-control-expose-headers"]
+    dressed = {"access-control-request-method": "POST", "content-type": "application/grpc"}
+    async with http.options(f"{edge_url}/v1/users/me", headers=dressed) as response:
+        # Not the preflight route: a gRPC-style refusal (grpc-status 16), not a CORS answer.
+        assert response.headers.get("grpc-status") == "16", response.headers
+        assert "access-control-allow-methods" not in response.headers
     stranger = {"origin": "https://evil.example", "access-control-request-method": "POST"}
     async with http.options(f"{edge_url}/v1/auth:login", headers=stranger) as response:
         assert "access-control-allow-origin" not in response.headers

@@ -248,7 +248,8 @@ def route_for(config: dict[str, Any], path: str, method: str = "POST",
         if "safe_regex" in match and not re.search(match["safe_regex"]["regex"], path):
             continue
         headers = match.get("headers", [])
-        exact = {h["name"]: h["string_match"]["exact"] for h in headers if "string_match" in h}
+        exact = {h["name"]: h["string_match"]["exact"] for h in headers
+                 if "exact" in h.get("string_match", {})}
         if exact.get(":method", method) != method:
             continue
         if not {h["name"] for h in headers if h.get("present_match")} <= present:

@@ -30,7 +30,7 @@ from services.chat.events import (
     Usage,
 )
 from services.chat.prompts import NO_SOURCES
-from services.chat.quota import Hold, QuotaClient, quota_unavailable
+from services.chat.quota import LATE_SETTLE_SECONDS, Hold, QuotaClient, quota_unavailable
 from services.chat.tokens import count_prompt_tokens, count_tokens, estimate_prompt_tokens
 from services.chat.turns import MIN_EXTENSION_TOKENS, ChatEngine, PreparedTurn
 from services.chat.validation import TurnOptions, TurnRequest
@@ -707,10 +707,16 @@ async def test_a_definitive_answer_is_never_retried(code: grpc.StatusCode) -> No
     assert len(stub.calls) == 1
 
 
-async def test_retries_stop_once_the_hold_has_expired() -> None:
+async def test_retries_stop_once_the_late_settle_window_has_passed() -> None:
+    stub = SettleStub(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
+    await settle_with(stub, "settle", expire_in=-(LATE_SETTLE_SECONDS + 1))
+    assert len(stub.calls) == 1  # long past its expiry: the checkpoint charge stands
+
+
+async def test_a_settlement_is_still_retried_just_after_the_hold_expired() -> None:
     stub = SettleStub(*(rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(5)))
     await settle_with(stub, "settle", expire_in=-1.0)
-    assert len(stub.calls) == 1  # past its expiry: the checkpoint charge stands
+    assert len(stub.calls) == 6, "auth corrects an expired hold's charge with a late settle"
 
 
 async def test_the_hold_carries_auths_expiry_and_extensions_send_the_checkpoint() -> None:
