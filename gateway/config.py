@@ -11,6 +11,7 @@
 | `LLMMESH_RATELIMIT_CONFIG` | `envoy/ratelimit.yaml` | limits per descriptor |
 | `LLMMESH_RATELIMIT_REDIS_FAILURE` | `error` | while Redis is down: `error`, `allow`, `deny` |
 | `LLMMESH_RATELIMIT_KEY_PREFIX` | `llmmesh:ratelimit:` | Redis key prefix of the counters |
+| `LLMMESH_RATELIMIT_REDIS_TIMEOUT_SECONDS` | `0.2` | Redis timeout (Envoy waits 0.25 s) |
 
 `error` answers UNAVAILABLE and leaves the choice to the edge's failure mode (open by
 default: `ratelimit_failure_mode_deny` in gateway/spec.py).
@@ -61,6 +62,7 @@ class RateLimitServiceConfig:
     rules_path: Path
     redis_failure: str
     key_prefix: str
+    redis_timeout_seconds: float = 0.2
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> RateLimitServiceConfig:
@@ -76,6 +78,9 @@ class RateLimitServiceConfig:
             rules_path=Path(env.text("LLMMESH_RATELIMIT_CONFIG", str(DEFAULT_RATELIMIT_RULES))),
             redis_failure=failure,
             key_prefix=env.text("LLMMESH_RATELIMIT_KEY_PREFIX", "llmmesh:ratelimit:"),
+            # Counting must answer well inside the edge's rate-limit timeout (0.25 s).
+            redis_timeout_seconds=env.number("LLMMESH_RATELIMIT_REDIS_TIMEOUT_SECONDS", 0.2,
+                                             minimum=0.01),
         )
 
 

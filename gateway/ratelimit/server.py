@@ -26,16 +26,14 @@ from services.runtime.server import MeshServer, ServiceSpec
 
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 POLICY = AccessPolicy.build(public=service_methods(SERVICE, ["ShouldRateLimit"]))
-# Counting must answer well inside the edge's rate-limit timeout.
-REDIS_TIMEOUT_SECONDS = 0.2
 
 
 def create_server(config: RateLimitServiceConfig) -> MeshServer:
     """The rate limit server, unstarted (`await server.start()` returns the port)."""
     rules = RateLimitRules.load(config.rules_path)
     redis = Redis.from_url(config.runtime.redis_url, decode_responses=True,
-                           socket_timeout=REDIS_TIMEOUT_SECONDS,
-                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+                           socket_timeout=config.redis_timeout_seconds,
+                           socket_connect_timeout=config.redis_timeout_seconds)
     counter = BatchedCounter(redis)
     limiter = FixedWindowLimiter(counter, rules, prefix=config.key_prefix)
     servicer = RateLimitServicer(limiter, config.redis_failure)

@@ -63,8 +63,8 @@ class RateLimitServicer:
         return _response(verdicts)
 
     def _without_redis(self, error: RedisError, count: int) -> ResponseMessage:
-        log.warning("redis unavailable", extra={"error": str(error),
-                                                "mode": self._redis_failure})
+        log.warning("redis unavailable (%s: %s); answering %s", type(error).__name__, error,
+                    self._redis_failure)
         if self._redis_failure == "allow":
             return Response(overall_code=Response.OK,
                             statuses=[Response.DescriptorStatus(code=Response.OK)] * count)

@@ -41,7 +41,10 @@ async def start(redis_server: LocalRedis, data_dir: Path, rules: Path,
     env = mesh_env(redis_server, data_dir, LLMMESH_RATELIMIT_PORT="0",
                    LLMMESH_RATELIMIT_METRICS_PORT="0", LLMMESH_RATELIMIT_CONFIG=str(rules),
                    LLMMESH_RATELIMIT_REDIS_FAILURE=failure,
-                   LLMMESH_RATELIMIT_KEY_PREFIX=f"rls-{uuid.uuid4().hex[:8]}:")
+                   LLMMESH_RATELIMIT_KEY_PREFIX=f"rls-{uuid.uuid4().hex[:8]}:",
+                   # The test's client shares the server's event loop: 200 calls in flight
+                   # can hold the loop past the production 0.2 s before Redis's reply is read.
+                   LLMMESH_RATELIMIT_REDIS_TIMEOUT_SECONDS="5")
     if redis_url is not None:
         env["LLMMESH_REDIS_URL"] = redis_url
     server = create_server(RateLimitServiceConfig.from_env(Env(env)))
