@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchkit import percentile  # noqa: E402
+from harness import concurrently, cpu_seconds, rss_mib, start  # noqa: E402
 
 from mesh.redis_server import LocalRedis, free_port  # noqa: E402
 from tests.chat.openai_server import OpenAIServer, Script  # noqa: E402
@@ -76,12 +76,6 @@ def serve_model(port_file: str) -> None:
     asyncio.run(main())
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
 def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     with grpc.insecure_channel(address) as channel:
@@ -101,35 +95,7 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path) -> N
     raise RuntimeError(f"{address} did not start")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # --- measurements ----------------------------------------------------------------------
-
-
-async def concurrently(workers: int, total: int, once: Callable[[], Awaitable[float]]
-                       ) -> list[float]:
-    """`total` calls of `once` spread over `workers` concurrent loops."""
-    samples: list[float] = []
-    remaining = [total]
-
-    async def worker() -> None:
-        while remaining[0] > 0:
-            remaining[0] -= 1
-            samples.append(await once())
-
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(workers))),
-                           SCENARIO_TIMEOUT_SECONDS)
-    return samples
 
 
 class Bench:
@@ -293,6 +259,8 @@ def main() -> None:
                    "LLMMESH_AUTH_METRICS_PORT": "0", "LLMMESH_CHAT_METRICS_PORT": "0",
                    "LLMMESH_AUTH_BCRYPT_COST": "4", "LLMMESH_LOG_LEVEL": "WARNING",
                    "LLMMESH_AUTH_DEFAULT_MONTHLY_TOKEN_LIMIT": str(10**12),
+                   # 64 streams at once (the default per-process limit is 32).
+                   "LLMMESH_CHAT_MAX_CONCURRENT_STREAMS": "512",
                    "LLMMESH_CHAT_MODELS": json.dumps(models)}
             auth = start(["-m", "services.auth"], env, work / "auth.log")
             processes.append(auth)

@@ -34,7 +34,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +44,14 @@ import grpc  # noqa: E402
 import yaml  # noqa: E402
 from benchkit import percentile  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from harness import unlimited  # noqa: E402
 from llmmesh.auth.v1 import auth_pb2, auth_pb2_grpc  # noqa: E402
 
 from gateway import deployment  # noqa: E402
 from gateway.envoy_config import RATELIMIT_FILTER, ratelimit_rules  # noqa: E402
 from gateway.envoy_process import EnvoyProcess, envoy_binary  # noqa: E402
 from gateway.local_edge import start_local_edge  # noqa: E402
-from gateway.spec import EdgeSpec, Limit, RouteClass  # noqa: E402
+from gateway.spec import EdgeSpec  # noqa: E402
 from mesh.redis_server import LocalRedis, free_port  # noqa: E402
 
 STARTUP_SECONDS = 60.0
@@ -69,9 +69,7 @@ def ms(seconds: float) -> str:
 def bench_spec() -> EdgeSpec:
     from tests.edge.harness import TEST_SPEC
 
-    classes = tuple(RouteClass(c.name, c.key, Limit(10**9, "minute"))
-                    for c in TEST_SPEC.route_classes)
-    return replace(TEST_SPEC, route_classes=classes, per_user_limit=Limit(10**9, "minute"))
+    return unlimited(TEST_SPEC)
 
 
 def without_ratelimit(config: Path) -> None:

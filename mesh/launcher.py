@@ -5,6 +5,13 @@ for this machine into `<data dir>/envoy/`). Waits for each to report SERVING ove
 health checking (Envoy: its admin /ready, then GET /healthz through the edge) and prints
 the endpoints.
 
+Each service runs LLMMESH_<SERVICE>_WORKERS worker processes on its one port (default:
+one per CPU for chat, one for the others here; services/runtime/config.py says why), set
+in its environment and printed in the banner. Its process is then a supervisor
+(services/runtime/workers.py) whose gRPC health turns SERVING only once every worker is
+up, so waiting for SERVING waits for all of them; it restarts a crashed worker itself and,
+on SIGTERM, drains every worker before it exits. The launcher watches the supervisor.
+
 A child that dies afterwards (a service, the rate limit service, Envoy or Redis, which
 replays its AOF) is restarted on the same ports after a backoff (0.5 s, doubling up to
 10 s) and waited for until healthy again; peers reconnect by themselves. Only when one
@@ -42,7 +49,7 @@ from gateway.envoy_process import EnvoyError
 from gateway.local_edge import start_local_edge
 from gateway.spec import LLMMESH_SPEC
 from mesh.redis_server import LocalRedis
-from services.runtime.config import DEFAULT_PORTS, Env, endpoint
+from services.runtime.config import DEFAULT_PORTS, Env, endpoint, service_workers
 
 SERVICES = ("auth", "embedding", "document", "chat")
 STARTUP_TIMEOUT_SECONDS = 120.0
@@ -74,6 +81,7 @@ class Child:
     grace: float
     process: subprocess.Popen[bytes] | None = None
     crashes: list[float] = field(default_factory=list)
+    workers: int = 1  # processes serving `address` (a Python service's)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -106,6 +114,10 @@ class Mesh:
         self.restart_window = reader.number("LLMMESH_RESTART_WINDOW_SECONDS", 60.0)
         self.service_grace = (reader.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0)
                               + STOP_MARGIN_SECONDS)
+        # Decided here, once, and passed on: what the banner shows is what runs.
+        self.workers = {name: service_workers(reader, name) for name in SERVICES}
+        for name, count in self.workers.items():
+            self.env[f"LLMMESH_{name.upper()}_WORKERS"] = str(count)
 
     def say(self, line: str) -> None:
         print(f"llmmesh: {line}", file=self.out, flush=True)
@@ -138,7 +150,7 @@ class Mesh:
         for name in SERVICES:
             where = endpoint(reader, name, host)
             services.append(self._service(name, f"services.{name}", where.address,
-                                          where.metrics_port, logs))
+                                          where.metrics_port, logs, self.workers[name]))
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         for child in services:
             child.ready(child, deadline)
@@ -178,8 +190,9 @@ class Mesh:
         child.ready(child, deadline)
 
     def _service(self, name: str, module: str, address: str, metrics_port: int,
-                 logs: Path) -> Child:
-        """A Python service on `address`, spawned (not yet waited for)."""
+                 logs: Path, workers: int = 1) -> Child:
+        """A Python service on `address` (`workers` processes), spawned, not yet waited
+        for: health SERVING on `address` means all of them are up."""
         log_path = logs / f"{name}.log"
 
         def spawn() -> subprocess.Popen[bytes]:
@@ -189,7 +202,7 @@ class Mesh:
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
         child = Child(name, address, metrics_port, log_path, spawn, self._wait_serving,
-                      self.service_grace)
+                      self.service_grace, workers=workers)
         self.children.append(child)
         child.process = child.spawn()
         return child
@@ -246,7 +259,9 @@ class Mesh:
                 metrics = (f"   envoy: REST, SSE and gRPC; admin http://127.0.0.1:"
                            f"{self.edge_admin_port}/")
             kind = "http" if child.name == "edge" else "grpc"
-            lines.append(f"  {child.name:<10} {kind} {child.address:<18}{metrics}")
+            workers = ("" if child.name == "edge" else
+                       f"   {child.workers} worker{'s' if child.workers > 1 else ''}")
+            lines.append(f"  {child.name:<10} {kind} {child.address:<18}{workers}{metrics}")
         if self.redis is not None:
             lines.append(f"  {'redis':<10} {self.redis.url}  ({self.redis.binary.name})")
         lines.append(f"  data dir   {self.data_dir}   (logs in {self.data_dir / 'logs'})")

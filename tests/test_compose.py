@@ -47,6 +47,7 @@ from services.runtime.config import (
     SERVICE_TOKEN_MIN_LENGTH,
     Env,
     RuntimeConfig,
+    usable_cpus,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -616,3 +617,20 @@ def test_prometheus_scrapes_the_edge_too(compose: dict[str, Any]) -> None:
         assert jobs.get(f"{compose_name}:{metrics_port}") == "/metrics"
     assert jobs.get(f"envoy:{STATS_PORT}") == "/stats/prometheus"
     assert "envoy" in compose["services"]
+
+
+def test_every_service_says_how_many_workers_it_runs(
+        compose: dict[str, Any], app_services: dict[str, str]) -> None:
+    """Each container sets LLMMESH_<SERVICE>_WORKERS (the host may override it), and what
+    it asks for is what the service's config accepts: one per CPU for chat and document
+    (the latter with its Chroma server), one for auth and embedding."""
+    expected = {"auth": 1, "chat": usable_cpus(), "document": usable_cpus(), "embedding": 1}
+    data_dir = {"LLMMESH_DATA_DIR": "/nonexistent"}  # production: the token is given
+    for compose_name, service in app_services.items():
+        name = f"LLMMESH_{service.upper()}_WORKERS"
+        spec = compose["services"][compose_name]
+        assert name in spec["environment"], f"{compose_name} does not set {name}"
+        env = {**environment(spec), **data_dir}
+        assert RuntimeConfig.from_env(service, Env(env)).workers == expected[service]
+        overridden = {**environment(spec, {**HOST_ENV, name: "3"}), **data_dir}
+        assert RuntimeConfig.from_env(service, Env(overridden)).workers == 3

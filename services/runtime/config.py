@@ -8,6 +8,7 @@ assumed on localhost) into start-up errors. Secrets are `SecretStr`: their `repr
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -114,6 +115,57 @@ DEFAULT_MAX_CONCURRENT_STREAMS = {"chat": 32}
 GENEROUS_MAX_CONCURRENT_STREAMS = 1024
 
 
+# Worker processes per service (LLMMESH_<SERVICE>_WORKERS), all serving one port
+# (services/runtime/workers.py). The default is one per usable CPU where a second process
+# buys throughput, else one:
+# - chat: its handlers are Python (the provider SDK, LangChain chunk handling, per-token
+#   work), so one process is bound by one core (bench/README.md): one per CPU.
+# - document: parsing and chunking are Python too: one per CPU, but only with a Chroma
+#   server (LLMMESH_CHROMA_HOST); the embedded store is one process's, so it stays at one.
+# - auth: bcrypt is the cost, and it already runs on a thread pool with the GIL released,
+#   so one process uses every core; more would only multiply the Redis connections.
+# - embedding: the ONNX model is loaded per process (memory) and its inference already
+#   runs on every core in native threads; a second process would only contend for them.
+MAX_WORKERS = 64
+PER_CPU_WORKERS = {"chat", "document"}
+WORKER_INDEX = "LLMMESH_WORKER_INDEX"  # set by the supervisor in each worker's environment
+WORKER_FD = "LLMMESH_WORKER_FD"  # the worker's end of its link to the supervisor
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota
+    (a container started with --cpus keeps every CPU in its mask)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_workers(env: Env, service: str) -> int:
+    """How many worker processes `service` runs when LLMMESH_<SERVICE>_WORKERS is unset."""
+    if service not in PER_CPU_WORKERS:
+        return 1
+    if service == "document" and env.optional("LLMMESH_CHROMA_HOST") is None:
+        return 1
+    return usable_cpus()
+
+
+def service_workers(env: Env, service: str) -> int:
+    """LLMMESH_<SERVICE>_WORKERS, or `default_workers`."""
+    name = f"LLMMESH_{service.upper()}_WORKERS"
+    workers = env.integer(name, default_workers(env, service), minimum=1, maximum=MAX_WORKERS)
+    if workers > 1 and service == "document" and env.optional("LLMMESH_CHROMA_HOST") is None:
+        raise ConfigError(f"{name}={workers} needs LLMMESH_CHROMA_HOST: the embedded Chroma "
+                          "store may only be opened by one process")
+    return workers
+
+
 def endpoint(env: Env, service: str, host: str) -> ServiceEndpoint:
     """Port, metrics port and peer address of `service` (e.g. `LLMMESH_AUTH_PORT`)."""
     prefix = f"LLMMESH_{service.upper()}"
@@ -159,6 +211,10 @@ class RuntimeConfig:
     auth_address: str  # auth's own address when this is auth
     shutdown_grace_seconds: float
     max_concurrent_streams: int = GENEROUS_MAX_CONCURRENT_STREAMS
+    workers: int = 1  # processes serving `port` (see services/runtime/workers.py)
+    # Set in a worker's own process only: its index, and its link to the supervisor.
+    worker_index: int | None = None
+    worker_fd: int | None = None
 
     @classmethod
     def from_env(cls, service: str, env: Env | None = None) -> RuntimeConfig:
@@ -194,12 +250,30 @@ class RuntimeConfig:
                 f"LLMMESH_{service.upper()}_MAX_CONCURRENT_STREAMS",
                 DEFAULT_MAX_CONCURRENT_STREAMS.get(service, GENEROUS_MAX_CONCURRENT_STREAMS),
                 minimum=1),
+            workers=service_workers(env, service),
+            worker_index=_optional_integer(env, WORKER_INDEX),
+            worker_fd=_optional_integer(env, WORKER_FD),
         )
 
     def peer_address(self, env: Env, peer: str) -> str:
         """Where this service reaches `peer`; required in production (see `peer_address`)."""
         return peer_address(env, peer, caller=self.service, production=self.production,
                             host=self.listen_host)
+
+
+def worker_environment(runtime: RuntimeConfig, index: int, port: int, fd: int,
+                       metrics_dir: Path) -> dict[str, str]:
+    """The environment of worker `index` of a supervised service: this process's, with the
+    port the supervisor bound, the worker's link, and prometheus_client's multiprocess
+    directory (read by the library itself when it is imported)."""
+    prefix = f"LLMMESH_{runtime.service.upper()}"
+    return {**os.environ, f"{prefix}_PORT": str(port), f"{prefix}_WORKERS": str(runtime.workers),
+            WORKER_INDEX: str(index), WORKER_FD: str(fd),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+
+
+def _optional_integer(env: Env, name: str) -> int | None:
+    return env.integer(name, 0, minimum=0) if env.optional(name) is not None else None
 
 
 def _service_token(env: Env, production: bool, data_dir: Path) -> SecretStr:

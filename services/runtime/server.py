@@ -1,6 +1,10 @@
 """Server bootstrap shared by every service: a grpc.aio server with the mesh
 interceptor, gRPC health checking, server reflection, Prometheus metrics and a
 graceful shutdown that lets in-flight calls (streams included) finish.
+
+`run_service` serves in this process when the service runs one worker
+(LLMMESH_<SERVICE>_WORKERS=1), else it supervises that many worker processes on one port
+(services/runtime/workers.py).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -17,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime import workers
 from services.runtime.authn import AccessPolicy, Authenticator
 from services.runtime.config import RuntimeConfig
 from services.runtime.interceptor import MeshInterceptor
@@ -65,7 +71,9 @@ class MeshServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                # A worker shares its port with its siblings (the kernel spreads the
+                # connections); a lone process must own it, so a second one fails to bind.
+                ("grpc.so_reuseport", int(config.worker_index is not None)),
             ],
         )
         self._health = health.aio.HealthServicer()
@@ -77,23 +85,41 @@ class MeshServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
+        self._serve_on_start = True
+
+    def defer_serving(self) -> None:
+        """Make `start` leave health NOT_SERVING until `mark_serving` (a worker waits for
+        its siblings)."""
+        self._serve_on_start = False
 
     async def start(self) -> int:
-        """Bind, start serving, mark every service SERVING; returns the bound port."""
+        """Bind, start serving, mark every service SERVING (unless `defer_serving` was
+        called); returns the bound port."""
+        serving = self._serve_on_start
         address = f"{self.config.listen_host}:{self.config.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         await self._server.start()
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ["", *self.spec.names]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.metrics_port:
+            await self._health.set(name, status)
+        # A worker's metrics go to the multiprocess directory; its supervisor serves them.
+        if self.config.metrics_port and self.config.worker_index is None:
             self.metrics_port = self.metrics.serve(self.config.listen_host,
                                                    self.config.metrics_port)
-        log.info("serving", extra={"address": f"{self.config.listen_host}:{self.port}",
-                                   "services": list(self.spec.names),
-                                   "metrics_port": self.metrics_port})
+        log.info("serving" if serving else "started",
+                 extra={"address": f"{self.config.listen_host}:{self.port}",
+                        "services": list(self.spec.names), "metrics_port": self.metrics_port})
         return self.port
+
+    async def mark_serving(self) -> None:
+        """Health SERVING for every service (after `defer_serving` and `start`)."""
+        if self._stopped.is_set():
+            return
+        for name in ["", *self.spec.names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls (health NOT_SERVING), let in-flight ones finish within
@@ -129,18 +155,40 @@ def run_service(load: Callable[[], Config],
                 create: Callable[[Config], MeshServer | Awaitable[MeshServer]]) -> None:
     """A service's `main()`: read its config, log JSON at its level, then serve what
     `create` builds (inside the event loop; a coroutine may load models first) until
-    SIGTERM or SIGINT."""
+    SIGTERM or SIGINT.
+
+    With LLMMESH_<SERVICE>_WORKERS above one, this process supervises that many workers
+    (this same command, run again) on one port instead, and exits with the supervisor's
+    status (services/runtime/workers.py); a worker serves as above, linked to it.
+    """
     config = load()
-    configure_logging(config.runtime.service, config.runtime.log_level)
-    asyncio.run(serve_until_signalled(lambda: create(config)))
+    runtime = config.runtime
+    configure_logging(runtime.service, runtime.log_level)
+    if runtime.worker_index is not None:
+        workers.label_logs(runtime.worker_index)
+        link = workers.SupervisorLink.from_config(runtime)
+        asyncio.run(serve_until_signalled(lambda: create(config), link=link))
+    elif runtime.workers > 1:
+        sys.exit(workers.supervise(runtime))
+    else:
+        asyncio.run(serve_until_signalled(lambda: create(config)))
 
 
-async def serve_until_signalled(build: ServerBuild) -> None:
+class Link(Protocol):
+    """A worker's tie to its supervisor (services/runtime/workers.py)."""
+
+    async def attach(self, server: MeshServer, stop: Callable[[], None]) -> None: ...
+
+
+async def serve_until_signalled(build: ServerBuild, link: Link | None = None) -> None:
     """Build a server inside the running loop (grpc.aio binds to it), start it and run
     until SIGTERM or SIGINT, then stop it gracefully.
 
     The signal handlers come first: a SIGTERM while the server builds or starts stops it
     gracefully as soon as it has started, instead of killing the process.
+
+    With a `link` (a worker), the server starts NOT_SERVING and the link marks it SERVING
+    once the supervisor says every worker is up; losing the supervisor stops it.
     """
     loop = asyncio.get_running_loop()
     stopping: asyncio.Future[None] = loop.create_future()
@@ -153,6 +201,11 @@ async def serve_until_signalled(build: ServerBuild) -> None:
         loop.add_signal_handler(signum, request_stop)
     built = build()
     server = await built if inspect.isawaitable(built) else built
-    await server.start()
+    if link is None:
+        await server.start()
+    else:
+        server.defer_serving()
+        await server.start()
+        await link.attach(server, request_stop)
     await stopping
     await server.stop()

@@ -109,7 +109,8 @@ def start_mesh(data_dir: Path, **settings: str) -> tuple[Launcher, dict[str, int
 def mesh(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One mesh for the module's tests, which run in order: the last one stops it."""
     launcher, ports = start_mesh(tmp_path_factory.mktemp("mesh") / "data",
-                                  LLMMESH_RESTART_BACKOFF_SECONDS="0.1")
+                                  LLMMESH_RESTART_BACKOFF_SECONDS="0.1",
+                                  LLMMESH_CHAT_WORKERS="2", LLMMESH_EMBEDDING_WORKERS="1")
     try:
         yield launcher, ports
     finally:
@@ -124,6 +125,14 @@ def test_the_mesh_runs_and_answers(mesh) -> None:  # type: ignore[no-untyped-def
         if name in {"edge", "redis"}:
             continue
         _assert_serving(port)
+    # Chat: a supervisor and its two workers on one port, both up before the banner
+    # (health SERVING waits for every worker); the others one process each.
+    workers = {line.split()[0]: line.split()[3] for line in launcher.lines
+               if line.split()[:1] in (["auth"], ["chat"], ["document"], ["embedding"])}
+    assert workers == {"auth": "1", "chat": "2", "document": "1", "embedding": "1"}, banner
+    chat = _child_pid(launcher.process.pid, "services.chat")
+    assert len(_children(chat)) == 2
+    assert _children(_child_pid(launcher.process.pid, "services.auth")) == []
 
     with grpc.insecure_channel(f"127.0.0.1:{ports['auth']}") as channel:
         auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -193,9 +202,11 @@ def test_a_killed_child_is_restarted_on_its_port(mesh) -> None:  # type: ignore[
 
 def test_ctrl_c_stops_in_dependency_order(mesh) -> None:  # type: ignore[no-untyped-def]
     launcher, _ = mesh
-    children = subprocess.run(["pgrep", "-P", str(launcher.process.pid)], capture_output=True,
-                              text=True, check=False).stdout.split()
+    children = _children(launcher.process.pid)
     assert len(children) >= 7  # redis, four services, the rate limit service, the edge
+    chat_workers = _children(_child_pid(launcher.process.pid, "services.chat"))
+    assert len(chat_workers) == 2
+    children += chat_workers  # stopped by chat's supervisor, before it exits
     mark = len(launcher.lines)
     launcher.process.send_signal(signal.SIGINT)
     assert launcher.process.wait(60) == 0, launcher.output
@@ -209,21 +220,27 @@ def test_ctrl_c_stops_in_dependency_order(mesh) -> None:  # type: ignore[no-unty
 
 
 def test_a_child_that_keeps_crashing_stops_the_mesh(tmp_path: Path) -> None:
-    # The defaults are 5 crashes within 60 s, 0.5 s doubling: fewer and faster here.
-    launcher, ports = start_mesh(tmp_path / "data", LLMMESH_RESTART_BACKOFF_SECONDS="0.3",
+    # The defaults are 5 crashes within 60 s, 0.5 s doubling: fewer here. Chat runs its
+    # default worker count (one per CPU): killing its supervisor stops its workers too
+    # (their link to it closes), which let go of the port at once, before draining.
+    launcher, ports = start_mesh(tmp_path / "data", LLMMESH_RESTART_BACKOFF_SECONDS="1",
                                  LLMMESH_RESTART_LIMIT="3")
     try:
         # Chat dies, and its port is taken before the launcher restarts it: every restart
         # exits at once ("could not bind").
-        os.kill(_child_pid(launcher.process.pid, "services.chat"), signal.SIGKILL)
-        with _hold_port(ports["chat"], within=0.25):
+        chat = _child_pid(launcher.process.pid, "services.chat")
+        workers = _children(chat)
+        os.kill(chat, signal.SIGKILL)
+        with _hold_port(ports["chat"], within=0.8):
             assert launcher.process.wait(60) == 1, launcher.output
     finally:
         launcher.stop()
     output = launcher.output
     assert "chat exited with code -9" in output, output
-    assert "restarting in 0.3 s (attempt 1)" in output
-    assert "chat exited with code 1" in output and "restarting in 0.6 s (attempt 2)" in output
+    assert "restarting in 1 s (attempt 1)" in output
+    assert "chat exited with code 1" in output and "restarting in 2 s (attempt 2)" in output
+    for pid in workers:  # no worker outlived its supervisor
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"{pid} survived"
     assert "giving up on chat: it exited 3 times within 60 s" in output, output
     assert "chat.log" in output and "llmmesh stopped: chat kept crashing" in output
     events = [line.removeprefix("llmmesh: ").split()[:2] for line in launcher.lines
@@ -278,6 +295,11 @@ def _assert_serving(port: int) -> None:
         answer = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _children(parent: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True,
+                          check=False).stdout.split()
 
 
 def _child_pid(parent: int, marker: str) -> int:
