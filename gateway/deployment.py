@@ -7,6 +7,11 @@ the same spec. One generator (`gateway.envoy_config.bootstrap`) takes a spec and
   Prometheus stats on :9902.
 - `local(...)`: the embedded default (`./scripts/run.sh`) and the test suite: everything
   on loopback, the descriptor set read from the checkout, written at start-up.
+- `kubernetes()`: the Kustomize base (`deploy/k8s/base/envoy/`, committed; a ConfigMap
+  mounted at /etc/envoy): each upstream, and the rate limit service, by the name of its
+  headless Service (`<name>-headless`, one DNS answer per ready pod, so Envoy's
+  STRICT_DNS cluster balances requests across every pod rather than one connection to a
+  virtual IP), the listener on all interfaces, Prometheus stats on :9902.
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ ADMIN_PORT = 9901
 STATS_PORT = 9902
 RATELIMIT_PORT = 50060
 COMPOSE_CONFIG_DIR = "/etc/envoy"
+K8S_CONFIG_DIR = "/etc/envoy"
+RATELIMIT_SERVICE = "ratelimit"
+
+
+def headless_service(name: str) -> str:
+    """The headless Service in front of a workload's pods in deploy/k8s (e.g. "auth")."""
+    return f"{name}-headless"
 
 
 @dataclass(frozen=True)
@@ -66,3 +78,14 @@ def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT
         name="local", config_dir=config_dir, listen_address=listen_address,
         listener_port=listener_port, admin_port=admin_port, upstreams=addresses,
         ratelimit=ratelimit, cors_origins=cors_origins)
+
+
+def kubernetes(spec: EdgeSpec) -> Deployment:
+    """Kubernetes (deploy/k8s): every upstream is its headless Service, in Envoy's own
+    namespace (the pod's DNS search path completes the short name)."""
+    return Deployment(
+        name="kubernetes", config_dir=K8S_CONFIG_DIR,
+        listen_address="0.0.0.0",  # noqa: S104 — inside the pod; a Service exposes it
+        listener_port=LISTENER_PORT, admin_port=ADMIN_PORT, stats_port=STATS_PORT,
+        upstreams={u.name: (headless_service(u.name), u.port) for u in spec.upstreams},
+        ratelimit=(headless_service(RATELIMIT_SERVICE), RATELIMIT_PORT))

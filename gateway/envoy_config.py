@@ -7,10 +7,13 @@ Request path through the edge listener:
     cors -> header_mutation (strip client identity headers) -> lua (normalise the
     Bearer scheme) -> jwt_authn -> ratelimit -> buffer -> grpc_json_transcoder -> router
 
-- Routes: `/healthz`; CORS preflights (OPTIONS with Access-Control-Request-Method, no
-  token needed: the cors filter answers them); every REST binding (regex + method, most
-  specific first); every gRPC method (`/pkg.Service/Method`, gRPC content type); a
-  catch-all 404 that needs a token. The transcoder keeps the route that matched the
+- Routes: `/healthz`; `GET /openapi.json` (the OpenAPI document, from the file beside
+  the bootstrap, through an internal listener: the cors filter does not act on a
+  direct response, and the document is fetched across origins); CORS preflights
+  (OPTIONS with Access-Control-Request-Method, no token needed: the cors filter
+  answers them); every REST binding (regex + method, most specific first); every gRPC
+  method (`/pkg.Service/Method`, gRPC content type); a catch-all 404 that needs a
+  token. The transcoder keeps the route that matched the
   REST request (`match_incoming_request_route`), so REST and gRPC routes each carry
   their own settings.
 - JWT: each route names its requirement (`requirement_map` + per-route
@@ -33,6 +36,7 @@ from typing import Any
 from gateway.deployment import Deployment
 from gateway.descriptors import MethodInfo
 from gateway.httprule import envoy_regex, parse_template
+from gateway.openapi import OPENAPI_FILE, OPENAPI_PATH
 from gateway.spec import REMOTE_ADDRESS_KEY, ROUTE_CLASS_KEY, USER_KEY, EdgeSpec
 
 DESCRIPTOR_FILE = "descriptor_set.binpb"
@@ -60,6 +64,11 @@ LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 16, 404: 5, 413: 8, 429: 8, 500: 13, 
 GRPC_RESPONSE_HEADERS = ("grpc-status", "grpc-message", "grpc-accept-encoding",
                          "grpc-encoding", "grpc-status-details-bin")
 REALM = "llmmesh"
+OPENAPI_CLUSTER = "edge_openapi"
+OPENAPI_LISTENER = "openapi_internal"
+# Envoy reads a direct response's file at load and refuses one over this size (its
+# default is 4 KiB); the OpenAPI document is ~100 KiB.
+MAX_DIRECT_RESPONSE_BYTES = 4 * 1024 * 1024
 
 _T = "type.googleapis.com/"
 
@@ -194,7 +203,43 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
     fallback = {"name": "not_found", "match": {"prefix": "/"},
                 "direct_response": {"status": 404, "body": {"inline_string": "Not Found"}},
                 "typed_per_filter_config": {JWT_FILTER: _jwt(JWT_REQUIRED)}}
-    return [health, preflight, *(route for _, route in rest), *grpc, fallback]
+    return [health, _openapi_route(), preflight, *(route for _, route in rest), *grpc, fallback]
+
+
+_GET = {"name": ":method", "string_match": {"exact": "GET"}}
+
+
+def _openapi_route() -> dict[str, Any]:
+    """`GET /openapi.json`: public, to the internal listener that serves the file (a
+    route to a cluster, so the cors filter answers as on every other route)."""
+    return {"name": "openapi", "match": {"path": OPENAPI_PATH, "headers": [_GET]},
+            "route": {"cluster": OPENAPI_CLUSTER, "timeout": "5s"},
+            "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                        TRANSCODER_FILTER: _disabled()}}
+
+
+def _openapi_listener(deployment: Deployment) -> dict[str, Any]:
+    """The internal listener answering `GET /openapi.json` with the document file."""
+    routes_ = {"name": "openapi", "max_direct_response_body_size_bytes":
+               MAX_DIRECT_RESPONSE_BYTES, "virtual_hosts": [{
+                   "name": "openapi", "domains": ["*"],
+                   "routes": [{"match": {"path": OPENAPI_PATH, "headers": [_GET]},
+                               "direct_response": {"status": 200, "body": {
+                                   "filename": f"{deployment.config_dir}/{OPENAPI_FILE}"}},
+                               "response_headers_to_add": [{
+                                   "header": {"key": "content-type",
+                                              "value": "application/json"},
+                                   "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
+                              {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]}
+    return {"name": OPENAPI_LISTENER, "internal_listener": {},
+            "filter_chains": [{"filters": [_http_manager("openapi", routes_, [_ROUTER])]}]}
+
+
+def _internal_cluster(name: str, listener: str) -> dict[str, Any]:
+    return {"name": name, "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{
+                "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {
+                    "server_listener_name": listener}}}}]}]}}
 
 
 def _local_reply_config() -> dict[str, Any]:
@@ -475,12 +520,11 @@ def bootstrap(spec: EdgeSpec, methods: Sequence[MethodInfo],
     clusters = [_cluster(u.name, *deployment.upstreams[u.name], http2=True, service=True)
                 for u in spec.upstreams]
     clusters.append(_cluster(RATELIMIT_CLUSTER, *deployment.ratelimit, http2=True))
-    clusters.append({"name": JWKS_CLUSTER, "connect_timeout": "2s",
-                     "load_assignment": {"cluster_name": JWKS_CLUSTER, "endpoints": [{
-                         "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {
-                             "server_listener_name": JWKS_LISTENER}}}}]}]}})
+    clusters.append(_internal_cluster(JWKS_CLUSTER, JWKS_LISTENER))
+    clusters.append(_internal_cluster(OPENAPI_CLUSTER, OPENAPI_LISTENER))
     listeners = [_listener("edge", deployment.listen_address, deployment.listener_port,
-                           manager), _jwks_listener(spec, deployment, methods)]
+                           manager), _jwks_listener(spec, deployment, methods),
+                 _openapi_listener(deployment)]
     if deployment.stats_port is not None:
         clusters.append(_cluster(ADMIN_CLUSTER, "127.0.0.1", deployment.admin_port,
                                  http2=False))

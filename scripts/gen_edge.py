@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""Generate the compose edge's config from its one source of truth (`gateway/spec.py`)
-and the API's descriptor set (rendering: gateway/edge_files.py):
+"""Generate the edge's config for docker-compose and Kubernetes from its one source of
+truth (`gateway/spec.py`) and the API's descriptor set (rendering: gateway/edge_files.py):
 
   envoy/envoy.yaml             Envoy's bootstrap for docker-compose (listener, filters,
                                routes, clusters by compose service name)
   envoy/ratelimit.yaml         limits per descriptor, read by the rate limit service
   envoy/descriptor_set.binpb   the descriptor set Envoy's transcoder loads (the API's,
                                plus google/rpc/error_details.proto for error details)
+  envoy/openapi.json           the REST API's OpenAPI 3.1 document, which Envoy serves
+                               at /openapi.json (gateway/openapi.py)
+  deploy/k8s/base/envoy/       the same files for Kubernetes (upstreams by their
+                               headless Service; Kustomize puts them in ConfigMaps)
 
 The local run (`./scripts/run.sh`) and the tests render the same spec for a local
 target at start-up (gateway/deployment.py).
 
 Usage: python scripts/gen_edge.py [--check]
-  --check   exit 1 if the files in envoy/ differ from what would be generated (the
-            staleness test runs this check).
+  --check   exit 1 if the files in envoy/ or deploy/k8s/base/envoy/ differ from what
+            would be generated (the staleness tests run this check).
 """
 
 from __future__ import annotations
@@ -30,12 +34,24 @@ from gateway.edge_files import render, write  # noqa: E402
 from gateway.spec import LLMMESH_SPEC, EdgeSpec  # noqa: E402
 
 ENVOY_DIR = ROOT / "envoy"
+K8S_ENVOY_DIR = ROOT / "deploy" / "k8s" / "base" / "envoy"
 
 
 def render_compose(spec: EdgeSpec = LLMMESH_SPEC) -> dict[str, bytes]:
     import llmmesh
 
     return render(spec, llmmesh.descriptor_set_path(), deployment.compose(spec))
+
+
+def render_kubernetes(spec: EdgeSpec = LLMMESH_SPEC) -> dict[str, bytes]:
+    import llmmesh
+
+    return render(spec, llmmesh.descriptor_set_path(), deployment.kubernetes(spec))
+
+
+def targets(spec: EdgeSpec = LLMMESH_SPEC) -> dict[Path, dict[str, bytes]]:
+    """Each generated directory and its files."""
+    return {ENVOY_DIR: render_compose(spec), K8S_ENVOY_DIR: render_kubernetes(spec)}
 
 
 def stale_files(rendered: dict[str, bytes], directory: Path = ENVOY_DIR) -> list[str]:
@@ -45,18 +61,23 @@ def stale_files(rendered: dict[str, bytes], directory: Path = ENVOY_DIR) -> list
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if envoy/ is stale")
+    parser.add_argument("--check", action="store_true",
+                        help="fail if a generated file is stale")
     args = parser.parse_args()
-    rendered = render_compose()
+    generated = targets()
     if args.check:
-        stale = stale_files(rendered)
+        stale = [str((directory / name).relative_to(ROOT))
+                 for directory, rendered in generated.items()
+                 for name in stale_files(rendered, directory)]
         if stale:
-            print("envoy/ is stale; run: python scripts/gen_edge.py", *stale, sep="\n")
+            print("the edge config is stale; run: python scripts/gen_edge.py", *stale,
+                  sep="\n")
             return 1
-        print("envoy/ is current")
+        print("envoy/ and deploy/k8s/base/envoy/ are current")
         return 0
-    write(rendered, ENVOY_DIR)
-    print(f"generated {', '.join(sorted(rendered))} in {ENVOY_DIR}")
+    for directory, rendered in generated.items():
+        write(rendered, directory)
+        print(f"generated {', '.join(sorted(rendered))} in {directory.relative_to(ROOT)}")
     return 0
 
 

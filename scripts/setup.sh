@@ -51,6 +51,13 @@ installed_hash="" installed_kind=""
 { read -r installed_hash installed_kind < "$stamp_file"; } 2>/dev/null || true
 want=base
 [[ $dev == 1 ]] && want=dev
+# Kustomize for tests/deploy/test_k8s.py: the pykustomize package bundles the real
+# sigs.k8s.io/kustomize/api as a Go shared library (linux amd64). Its metadata asks for
+# Python 3.14, but the library and its cffi binding run on 3.11, so it is installed apart
+# from the dev extra, without that check (its one dependency, cffi, is already in).
+install_kustomize() {
+  pip_install --ignore-requires-python --no-deps -c constraints.txt pykustomize
+}
 if [[ "$installed_hash" == "$hash" && ( "$installed_kind" == dev || $want == base ) ]]; then
   :  # up to date
 elif [[ "$installed_hash" == "$hash" && "$installed_kind" == base ]]; then
@@ -58,6 +65,7 @@ elif [[ "$installed_hash" == "$hash" && "$installed_kind" == base ]]; then
   mapfile -t dev_requirements < <(.venv/bin/python -c 'import tomllib
 print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"], sep="\n")')
   pip_install -c constraints.txt "${dev_requirements[@]}"
+  install_kustomize
   echo "$hash dev" > "$stamp_file"
 else
   [[ "$installed_kind" == dev ]] && want=dev
@@ -72,6 +80,7 @@ else
   # xds-protos ships an older copy of the opentelemetry protos over opentelemetry-proto's
   # files, which breaks chromadb's telemetry imports; put the real package back on top.
   pip_install --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
+  [[ $want == dev ]] && install_kustomize
   echo "$hash $want" > "$stamp_file"
 fi
 # The local embedding model's ONNX export (made once from the installed weights).

@@ -578,7 +578,11 @@ def test_envoy_container_runs_the_generated_config(compose: dict[str, Any],
     source = next(src for src, target in mounts.items() if target == ENVOY_DIR)
     assert (COMPOSE_FILE.parent / source).resolve() == ROOT / "envoy"
     assert config_path == f"{ENVOY_DIR}/envoy.yaml"
-    files = {str(value) for key, value in walk_items(envoy_config) if key == "proto_descriptor"}
+    # Every file the bootstrap names (the descriptor set, the OpenAPI document it serves)
+    # is in the mounted directory.
+    files = {str(value) for key, value in walk_items(envoy_config)
+             if key in ("proto_descriptor", "filename")}
+    assert f"{ENVOY_DIR}/openapi.json" in files
     for path in files:
         assert path.startswith(ENVOY_DIR + "/")
         assert (ROOT / "envoy" / path.removeprefix(ENVOY_DIR + "/")).is_file()

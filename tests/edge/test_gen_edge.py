@@ -37,10 +37,12 @@ def test_a_changed_spec_makes_envoy_dir_stale() -> None:
     classes = tuple(replace(c, limit=Limit(c.limit.requests_per_unit + 1, c.limit.unit))
                     if c.name == "chat" else c for c in LLMMESH_SPEC.route_classes)
     changed = gen.render_compose(replace(LLMMESH_SPEC, route_classes=classes))
-    assert gen.stale_files(changed) == ["ratelimit.yaml"]
+    # The OpenAPI document states each method's limit.
+    assert gen.stale_files(changed) == ["ratelimit.yaml", "openapi.json"]
     public = gen.render_compose(replace(LLMMESH_SPEC, public_methods=LLMMESH_SPEC.public_methods
                                         - {"/llmmesh.auth.v1.AuthService/RefreshToken"}))
-    assert gen.stale_files(public) == ["envoy.yaml"]
+    # ... and which methods need a token.
+    assert gen.stale_files(public) == ["envoy.yaml", "openapi.json"]
 
 
 def test_the_rate_limit_service_reads_the_spec_limits_from_the_generated_file() -> None:
