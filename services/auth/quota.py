@@ -37,13 +37,13 @@ MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _RESERVATION_PATTERN = re.compile(r"^([0-9a-f]{32})\.(\d{4}-\d{2})\.([A-Za-z0-9_-]{16,})$")
 _RETENTION_SECONDS = 400 * 86400  # a year of monthly history, plus slack
 
-# Shared prelude: KEYS used, holds, expiry, states, limit, checkpoints, charged.
+# Shared prelude: KEYS used, holds, expiry, states, limit, checkpoints, charged, ttls.
 # Charges each expired hold its last checkpoint (capped at the hold; none: nothing),
 # marks it expired, then computes now, used, reserved and limit (ARGV[1] is the
 # default limit). Every operation and read runs it, so usage is never read stale.
 _PRELUDE = """
 local function keep(ttl)
-  for _, i in ipairs({1, 2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[i], ttl) end
+  for _, i in ipairs({1, 2, 3, 4, 6, 7, 8}) do redis.call('EXPIRE', KEYS[i], ttl) end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -53,6 +53,7 @@ for _, id in ipairs(expired) do
   local charge = math.min(tonumber(redis.call('HGET', KEYS[6], id) or '0'), held)
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[6], id)
+  redis.call('HDEL', KEYS[8], id)
   if redis.call('HGET', KEYS[4], id) == 'held' then
     redis.call('HSET', KEYS[4], id, 'expired')
     redis.call('HSET', KEYS[7], id, charge)
@@ -75,12 +76,14 @@ local expires = now + tonumber(ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[2], tokens)
 redis.call('ZADD', KEYS[3], expires, ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], 'held')
+redis.call('HSET', KEYS[8], ARGV[2], ARGV[4])
 keep(ARGV[5])
 return {1, used, reserved + tokens, limit, expires}
 """
 
 # ARGV: default limit, id, additional tokens, ttl ms, delivered tokens (0: none).
-# The checkpoint is recorded (it only grows) even when the growth does not fit.
+# The checkpoint is recorded (it only grows) even when the growth does not fit. The
+# hold lives on for the TTL it was reserved with (ARGV[4] for holds from before ttls).
 _EXTEND = _PRELUDE + """
 local state = redis.call('HGET', KEYS[4], ARGV[2])
 if not state then return {-1, used, reserved, limit, 0, 0} end
@@ -92,7 +95,7 @@ if delivered > tonumber(redis.call('HGET', KEYS[6], ARGV[2]) or '0') then
 end
 local extra = tonumber(ARGV[3])
 if used + reserved + extra > limit then return {0, used, reserved, limit, 0, held} end
-local expires = now + tonumber(ARGV[4])
+local expires = now + tonumber(redis.call('HGET', KEYS[8], ARGV[2]) or ARGV[4])
 redis.call('HSET', KEYS[2], ARGV[2], held + extra)
 redis.call('ZADD', KEYS[3], expires, ARGV[2])
 return {1, used, reserved + extra, limit, expires, held + extra}
@@ -113,6 +116,7 @@ local delta = usage
 if state == 'expired' then delta = usage - math.max(charged, 0) end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[8], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], 'settled')
 redis.call('HSET', KEYS[7], ARGV[2], usage)
@@ -131,6 +135,7 @@ if state ~= 'held' and state ~= 'expired' then return {-2, used, reserved, limit
 local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[8], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[2], 'released')
 if state == 'expired' then
@@ -260,7 +265,7 @@ class QuotaLedger:
 def _keys(user_id: str, month: str) -> list[str]:
     base = f"auth:quota:{{{user_id}}}:{month}"
     return [f"{base}:used", f"{base}:holds", f"{base}:expiry", f"{base}:states",
-            _limit_key(user_id), f"{base}:checkpoints", f"{base}:charged"]
+            _limit_key(user_id), f"{base}:checkpoints", f"{base}:charged", f"{base}:ttls"]
 
 
 def _limit_key(user_id: str) -> str:

@@ -130,7 +130,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                                               quota_pb2.ExtendReservationResponse],
     ) -> quota_pb2.ExtendReservationResponse:
         check_fields([_required(request.reservation_id, "reservation_id"),
-                _tokens_violation(request.additional_tokens, "additional_tokens", minimum=1),
+                _tokens_violation(request.additional_tokens, "additional_tokens", minimum=0),
                 _tokens_violation(request.delivered_tokens, "delivered_tokens", minimum=0)])
         hold, snapshot = await self._ledger.extend(request.reservation_id,
                                                    request.additional_tokens,

@@ -26,8 +26,10 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 
-from services.runtime.context import servicer_context_var
+from services.runtime.authn import SERVICE_TOKEN_HEADER
+from services.runtime.context import remaining_deadline, request_id_var, servicer_context_var
 from services.runtime.errors import Unavailable
+from services.runtime.interceptor import REQUEST_ID_HEADER
 from services.runtime.rpc_errors import PEER_RETRY_SECONDS, from_peer
 
 log = logging.getLogger("llmmesh.chat.quota")
@@ -65,25 +67,37 @@ def quota_unavailable(code: grpc.StatusCode) -> Unavailable:
 
 
 class QuotaClient:
-    """Reserve / extend / settle / release through one long-lived peer channel."""
+    """Reserve / extend / settle / release through one long-lived channel to auth.
+
+    The channel is a plain one (no client interceptors: they cost more than the rest
+    of a call here); each call carries the service credential and the request id
+    itself. Reserve and extend run within the caller's deadline.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, ttl_seconds: int, *,
+                 service_token: str = "", timeout: float = SETTLE_TIMEOUT_SECONDS,
                  backoff: Callable[[int], float] = settle_backoff,
                  clock: Callable[[], float] = time.time) -> None:
         self._stub = quota_pb2_grpc.QuotaServiceStub(channel)
+        self._service_token = service_token
+        self._timeout = timeout
         self._ttl_seconds = ttl_seconds
         self._ttl = duration_pb2.Duration(seconds=ttl_seconds)
         self._backoff = backoff
         self._clock = clock
         self._detached: set[asyncio.Task[None]] = set()
+        self._open: set[str] = set()  # holds granted and not yet settled or released
+        self._none_open = asyncio.Event()
 
     async def reserve(self, user_id: str, tokens: int) -> Hold:
         """Hold `tokens`; ResourceExhausted (with QuotaFailure) when they do not fit."""
         try:
             answer = await self._stub.ReserveTokens(quota_pb2.ReserveTokensRequest(
-                user_id=user_id, tokens=tokens, ttl=self._ttl))
+                user_id=user_id, tokens=tokens, ttl=self._ttl), **self._call_options())
         except grpc.aio.AioRpcError as error:
             raise from_peer(error, "quota") from None
+        self._open.add(answer.reservation.reservation_id)
+        self._none_open.clear()
         return Hold(answer.reservation.reservation_id, answer.reservation.tokens,
                     _seconds(answer.reservation.expire_time))
 
@@ -95,7 +109,7 @@ class QuotaClient:
         try:
             answer = await self._stub.ExtendReservation(quota_pb2.ExtendReservationRequest(
                 reservation_id=hold.reservation_id, additional_tokens=tokens,
-                delivered_tokens=delivered_tokens))
+                delivered_tokens=delivered_tokens), **self._call_options())
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # no room: the norm
                 return False
@@ -105,8 +119,26 @@ class QuotaClient:
         hold.expire_time = _seconds(answer.reservation.expire_time)
         return True
 
+    def checkpoint(self, hold: Hold, delivered_tokens: int) -> asyncio.Task[None]:
+        """Record `delivered_tokens` with the hold, growing nothing (detached, one try:
+        the next checkpoint or the settlement supersedes a lost one)."""
+        return self._detach(self._checkpoint(hold, delivered_tokens))
+
+    async def _checkpoint(self, hold: Hold, delivered_tokens: int) -> None:
+        try:
+            answer = await self._stub.ExtendReservation(quota_pb2.ExtendReservationRequest(
+                reservation_id=hold.reservation_id, additional_tokens=0,
+                delivered_tokens=delivered_tokens),
+                **self._call_options(SETTLE_TIMEOUT_SECONDS, detached=True))
+        except grpc.aio.AioRpcError as error:
+            # FAILED_PRECONDITION: settled meanwhile, which supersedes the checkpoint.
+            log.debug("a quota checkpoint failed", extra={"code": error.code().name})
+            return
+        hold.expire_time = max(hold.expire_time, _seconds(answer.reservation.expire_time))
+
     def settle(self, hold: Hold, used_tokens: int) -> asyncio.Task[None]:
         """Charge `used_tokens` and end the hold (detached; the task is returned)."""
+        self._close(hold)
         request = quota_pb2.SettleReservationRequest(reservation_id=hold.reservation_id,
                                                      used_tokens=used_tokens)
         return self._detach(self._call(self._stub.SettleReservation, request, "settle",
@@ -114,19 +146,51 @@ class QuotaClient:
 
     def release(self, hold: Hold) -> asyncio.Task[None]:
         """End the hold without charging (detached)."""
+        self._close(hold)
         request = quota_pb2.ReleaseReservationRequest(reservation_id=hold.reservation_id)
         return self._detach(self._call(self._stub.ReleaseReservation, request, "release",
                                        self._deadline(hold)))
 
     async def drain(self) -> None:
-        """Wait for detached settlements (at shutdown), at most DRAIN_TIMEOUT_SECONDS."""
+        """At shutdown, after the server stopped: wait until the turns still ending
+        (cancelled at the grace period, they settle as they unwind) have settled or
+        released their holds, then for those calls to land; at most
+        DRAIN_TIMEOUT_SECONDS in all."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        if self._open:
+            waiter = asyncio.ensure_future(self._none_open.wait())
+            await asyncio.wait({waiter}, timeout=DRAIN_TIMEOUT_SECONDS)
+            waiter.cancel()
+        if self._open:
+            log.warning("holds still open at shutdown; they expire charged their "
+                        "checkpoints", extra={"open": len(self._open)})
         if self._detached:
-            _, pending = await asyncio.wait(list(self._detached),
-                                            timeout=DRAIN_TIMEOUT_SECONDS)
+            _, pending = await asyncio.wait(
+                list(self._detached), timeout=max(deadline - time.monotonic(), 0.1))
             if pending:
                 log.warning("quota settlements still pending at shutdown; their holds "
                             "will expire charged their checkpoints",
                             extra={"pending": len(pending)})
+
+    def _call_options(self, timeout: float | None = None, *,
+                      detached: bool = False) -> dict[str, Any]:
+        """A call's timeout (within the caller's deadline unless detached) and metadata:
+        the service credential and the request id."""
+        timeout = self._timeout if timeout is None else timeout
+        if not detached:
+            remaining = remaining_deadline()
+            if remaining is not None:
+                timeout = min(timeout, remaining)
+        request_id = request_id_var.get()
+        metadata = [(REQUEST_ID_HEADER, request_id)] if request_id else []
+        if self._service_token:
+            metadata.append((SERVICE_TOKEN_HEADER, self._service_token))
+        return {"timeout": timeout, "metadata": metadata}
+
+    def _close(self, hold: Hold) -> None:
+        self._open.discard(hold.reservation_id)
+        if not self._open:
+            self._none_open.set()
 
     def _deadline(self, hold: Hold) -> float:
         # Past the hold's expiry a settle still lands: auth then replaces the checkpoint
@@ -146,9 +210,10 @@ class QuotaClient:
                     request: RequestT, what: str, deadline: float) -> None:
         """Try until the call lands, a definitive answer comes, or `deadline` passes."""
         attempt = 0
+        options = self._call_options(SETTLE_TIMEOUT_SECONDS, detached=True)
         while True:
             try:
-                await method(request, timeout=SETTLE_TIMEOUT_SECONDS)
+                await method(request, **options)
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() not in _TRANSIENT:
@@ -158,6 +223,10 @@ class QuotaClient:
                 failure = error.code().name
             except OSError as error:  # a broken connection below gRPC
                 failure = type(error).__name__
+            except grpc.aio.UsageError:  # the channel was closed: shutting down
+                log.warning("quota %s abandoned at shutdown; the hold expires charged its "
+                            "checkpoint", what, extra={"request": str(request).strip()})
+                return
             delay = self._backoff(attempt)
             attempt += 1
             if self._clock() + delay >= deadline:

@@ -32,7 +32,10 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
     documents = peer_channel(config.document_address, token, default_timeout=timeout)
     embeddings = peer_channel(config.embedding_address, token, default_timeout=timeout)
     redis = redis_client(runtime.redis_url)
-    quota = QuotaClient(auth, config.reservation_ttl_seconds)
+    # The hot path's own channel to auth: plain, cheaper than the forwarding peer channel.
+    quota_channel = grpc.aio.insecure_channel(runtime.auth_address)
+    quota = QuotaClient(quota_channel, config.reservation_ttl_seconds, service_token=token,
+                        timeout=timeout)
     engine = ChatEngine(
         ModelRegistry(config.models, config.default_model, EmbeddingClient(embeddings)),
         ConversationStore(redis, config.retention_seconds), quota, DocumentSearch(documents),
@@ -43,7 +46,7 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
 
     async def close() -> None:
         await quota.drain()
-        for channel in (auth, documents, embeddings):
+        for channel in (auth, quota_channel, documents, embeddings):
             await channel.close()
         await redis.aclose()
 

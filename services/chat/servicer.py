@@ -53,18 +53,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             context: grpc.aio.ServicerContext[chat_pb2.ChatRequest, chat_pb2.ChatResponse],
     ) -> chat_pb2.ChatResponse:
         turn = await self._engine.prepare(current_user().subject, _turn_request(request))
-        async with aclosing(self._engine.run(turn)) as events:
-            async for event in events:
-                if isinstance(event, Failed):
-                    raise event.error
-                if isinstance(event, Finished):
-                    return chat_pb2.ChatResponse(
-                        conversation=f"conversations/{turn.conversation_id}",
-                        model=turn.model.spec.id, message=_answer(event, turn.model.spec.id),
-                        sources=[_source(s) for s in event.sources],
-                        usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason],
-                        stored=event.stored)
-        raise AssertionError("a turn always ends with Finished or Failed")
+        event = await self._engine.answer(turn)
+        return chat_pb2.ChatResponse(
+            conversation=f"conversations/{turn.conversation_id}", model=turn.model.spec.id,
+            message=_answer(event, turn.model.spec.id),
+            sources=[_source(s) for s in event.sources], usage=_usage(event.usage),
+            finish_reason=_FINISH[event.finish_reason], stored=event.stored)
 
     async def StreamChat(
             self, request: chat_pb2.StreamChatRequest,

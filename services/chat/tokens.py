@@ -22,6 +22,11 @@ def count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
 
 
+def tokens_in_bytes(size: int) -> int:
+    """The local count of a text of `size` UTF-8 bytes (`count_tokens` of that text)."""
+    return math.ceil(size / 4) if size > 0 else 0
+
+
 def estimate_prompt_tokens(contents: Iterable[str]) -> int:
     """A generous estimate of a prompt's tokens, for reserving quota."""
     total = REPLY_PRIMER_TOKENS

@@ -9,7 +9,7 @@ first; a stream that outgrows its hold asks for more and is cut off
 (UNAVAILABLE), since that is no exhausted quota. The real usage is charged at the
 end. A turn is stored only once it completed (cut-off turns included); a cancelled
 or failed one stores nothing and is charged what it delivered (nothing at all frees
-the hold). A completed turn whose history write still fails after a few quick tries
+the hold; a broken stream's last delta is not charged, as it may not have arrived). A completed turn whose history write still fails after a few quick tries
 finishes all the same, marked not stored: the answer was delivered and charged.
 """
 
@@ -23,7 +23,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import BaseMessage
 
 from services.chat.conversations import ConversationStore, MessageRecord, new_id
 from services.chat.events import (
@@ -40,8 +40,9 @@ from services.chat.events import (
 from services.chat.prompts import HistoryMessage, build_messages
 from services.chat.quota import Hold, QuotaClient
 from services.chat.registry import ModelRegistry, RegisteredModel
+from services.chat.relay import DeltaRelay
 from services.chat.retrieval import DocumentSearch
-from services.chat.tokens import count_prompt_tokens, count_tokens, estimate_prompt_tokens
+from services.chat.tokens import count_prompt_tokens, estimate_prompt_tokens, tokens_in_bytes
 from services.chat.validation import TurnRequest, validate_turn
 from services.runtime.context import request_id_var
 from services.runtime.errors import Internal, LlmmeshError, NotFound
@@ -68,24 +69,37 @@ class PreparedTurn:
     messages: list[BaseMessage]
     sources: tuple[Source, ...] | None  # None without RAG
     call_options: dict[str, Any]
-    prompt_estimate: int
+    prompt_estimate: int  # generous: sizes the hold
+    prompt_tokens: int  # our count: charged when the model reports no usage
     max_tokens: int
     hold: Hold
+
+    @property
+    def step(self) -> int:
+        return hold_step(self.max_tokens)
 
 
 @dataclass
 class Generation:
-    """What a stream produced so far."""
+    """What a turn produced so far.
+
+    Completion tokens are counted over the delivered text as a whole (not chunk by
+    chunk), so a streamed and a unary answer with the same text count the same.
+    """
 
     parts: list[str] = field(default_factory=list)
-    completion_tokens: int = 0
+    delivered_bytes: int = 0  # UTF-8 bytes of the text handed to the client
+    last_delta_bytes: int = 0
+    accepted_bytes: int = 0  # read from the model and covered by the hold
+    checkpointed: int = 0  # the last delivered total reported to auth
     provider_prompt_tokens: int = 0
     provider_completion_tokens: int = 0
     provider_usage: bool = False
     finish: FinishReason = FinishReason.STOP
 
-    def observe(self, chunk: AIMessageChunk) -> None:
-        usage = chunk.usage_metadata
+    def observe(self, chunk: BaseMessage) -> None:
+        """Record the usage and finish reason a model chunk or message reports."""
+        usage = getattr(chunk, "usage_metadata", None)
         if usage:
             self.provider_usage = True
             self.provider_prompt_tokens += usage.get("input_tokens", 0)
@@ -94,9 +108,25 @@ class Generation:
         if reason:
             self.finish = FinishReason.from_provider(reason)
 
+    def deliver(self, text: str) -> None:
+        self.parts.append(text)
+        self.last_delta_bytes = len(text.encode("utf-8"))
+        self.delivered_bytes += self.last_delta_bytes
+
+    @property
+    def completion_tokens(self) -> int:
+        """Our own count of the delivered completion."""
+        return tokens_in_bytes(self.delivered_bytes)
+
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def hold_step(max_tokens: int) -> int:
+    """How far a hold grows at a time, and how much delivered output may go without a
+    checkpoint: the most a turn can leave unbilled if its process dies."""
+    return max(MIN_EXTENSION_TOKENS, max_tokens // 4)
 
 
 class ChatEngine:
@@ -137,14 +167,18 @@ class ChatEngine:
             user_id=user_id, conversation_id=valid.conversation_id or new_id(),
             is_new=valid.conversation_id is None, model=valid.model, question=request.message,
             messages=messages, sources=None if sources is None else tuple(sources),
-            call_options=call_options, prompt_estimate=estimate, max_tokens=valid.max_tokens,
-            hold=hold)
+            call_options=call_options, prompt_estimate=estimate,
+            prompt_tokens=count_prompt_tokens(str(m.content) for m in messages),
+            max_tokens=valid.max_tokens, hold=hold)
 
     async def run(self, turn: PreparedTurn) -> AsyncGenerator[Event, None]:
         """Started, Delta*, SourcesFound (RAG), then Finished or Failed.
 
-        The hold ends on every path: a consumer that goes away at any event (or a cancel)
-        leaves the delivered part charged and the rest released.
+        A task reads the model's stream (growing the hold ahead of what it reads) while
+        this generator hands the text on: deltas coalesce when the consumer is slower
+        than the model. Every hold step of delivered output is checkpointed with auth.
+        The hold ends on every path: a consumer that goes away at any event (or a
+        cancel) leaves the delivered part charged and the rest released.
         """
         try:
             yield Started(turn.conversation_id, turn.model.spec.id)
@@ -153,32 +187,78 @@ class ChatEngine:
             raise
         started_ms = int(time.time() * 1000)
         generation = Generation()
+        relay = DeltaRelay()
+        reader = asyncio.create_task(self._read(turn, generation, relay))
+        try:
+            while (text := await relay.take()) is not None:
+                generation.deliver(text)
+                yield Delta(text)
+                self._checkpoint(turn, generation)
+            await reader  # the model's error, if it failed
+        except Exception as error:  # noqa: BLE001 — every failure becomes a Failed event
+            await _stop(reader)
+            self._charge_partial(turn, generation)
+            yield Failed(self._failure(error, turn))
+            return
+        except BaseException:  # cancelled, or the consumer went away
+            await _stop(reader)
+            self._charge_partial(turn, generation, cut=True)
+            raise
+        async for event in self._finish(turn, generation, started_ms):
+            yield event
+
+    async def answer(self, turn: PreparedTurn) -> Finished:
+        """The whole answer from one non-streamed model call (the hold already covers
+        its worst case); raises the turn's error. Same content, usage, history and
+        charge as `run` would give."""
+        started_ms = int(time.time() * 1000)
+        generation = Generation()
+        try:
+            message = await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+        except Exception as error:  # noqa: BLE001 — becomes the turn's status
+            self._quota.release(turn.hold)
+            raise self._failure(error, turn) from None
+        except BaseException:  # cancelled: nothing was delivered
+            self._quota.release(turn.hold)
+            raise
+        text = message.content if isinstance(message.content, str) else ""
+        if text:
+            generation.deliver(text)
+        generation.observe(message)
+        finished: Finished | None = None
+        async for event in self._finish(turn, generation, started_ms):
+            if isinstance(event, Finished):
+                finished = event
+        assert finished is not None
+        return finished
+
+    async def _read(self, turn: PreparedTurn, generation: Generation,
+                    relay: DeltaRelay) -> None:
+        """Read the model's stream into `relay`, growing the hold ahead of the text."""
         try:
             stream = turn.model.model.astream(turn.messages, **turn.call_options)
             # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
-            # at once when the consumer leaves, so the provider's request stops too.
+            # at once when this task is cancelled, so the provider's request stops too.
             assert isinstance(stream, AsyncGenerator)
             async with aclosing(stream) as chunks:
                 async for chunk in chunks:
                     text = chunk.content if isinstance(chunk.content, str) else ""
                     if text:
-                        tokens = count_tokens(text)
-                        needed = turn.prompt_estimate + generation.completion_tokens + tokens
+                        accepted = generation.accepted_bytes + len(text.encode("utf-8"))
+                        needed = turn.prompt_estimate + tokens_in_bytes(accepted)
                         if needed > turn.hold.tokens and not await self._grow(
                                 turn, needed, generation):
                             generation.finish = FinishReason.QUOTA_EXHAUSTED
                             break
-                        generation.parts.append(text)
-                        generation.completion_tokens += tokens
-                        yield Delta(text)
+                        generation.accepted_bytes = accepted
+                        relay.put(text)
                     generation.observe(chunk)
-        except Exception as error:  # noqa: BLE001 — every failure becomes a Failed event
-            self._charge_partial(turn, generation)
-            yield Failed(self._failure(error, turn))
-            return
-        except BaseException:  # cancelled, or the consumer went away
-            self._charge_partial(turn, generation)
-            raise
+        finally:
+            relay.close()
+
+    async def _finish(self, turn: PreparedTurn, generation: Generation,
+                      started_ms: int) -> AsyncGenerator[Event, None]:
+        """Settle, then SourcesFound (RAG) and Finished once the turn is stored."""
         usage = self._usage(turn, generation)
         # Settled before anything else is yielded: the whole answer was delivered.
         settled = self._quota.settle(turn.hold, usage.total_tokens)
@@ -195,32 +275,48 @@ class ChatEngine:
                        sources=turn.sources or ())
 
     async def _grow(self, turn: PreparedTurn, needed: int, generation: Generation) -> bool:
-        """Grow the hold by a comfortable step, or at least by what is missing,
-        checkpointing what was delivered so far: what a cut-off settle would charge
-        now (nothing before the first token, as a release)."""
+        """Grow the hold by a step, or at least by what is missing, checkpointing what
+        was delivered so far: what a cut-off settle would charge now (nothing before
+        the first token, as a release)."""
         short = needed - turn.hold.tokens
-        step = max(short, MIN_EXTENSION_TOKENS, turn.max_tokens // 4)
-        delivered = (self._local_usage(turn, generation).total_tokens
-                     if generation.completion_tokens else 0)
+        step = max(short, turn.step)
+        delivered = self._delivered(turn, generation)
+        generation.checkpointed = max(generation.checkpointed, delivered)
         if await self._quota.extend(turn.hold, step, delivered):
             return True
         return step > short and await self._quota.extend(turn.hold, short, delivered)
 
-    def _usage(self, turn: PreparedTurn, generation: Generation) -> Usage:
-        """The provider's usage when it reported one for a complete stream, else ours."""
-        if generation.provider_usage and generation.finish is not FinishReason.QUOTA_EXHAUSTED:
-            return Usage(generation.provider_prompt_tokens, generation.provider_completion_tokens)
-        return self._local_usage(turn, generation)
+    def _checkpoint(self, turn: PreparedTurn, generation: Generation) -> None:
+        """Report the delivered total to auth every hold step (detached, best effort):
+        a hold this process never settles expires charged at most a step too little."""
+        delivered = self._delivered(turn, generation)
+        if delivered - generation.checkpointed >= turn.step:
+            generation.checkpointed = delivered
+            self._quota.checkpoint(turn.hold, delivered)
 
     @staticmethod
-    def _local_usage(turn: PreparedTurn, generation: Generation) -> Usage:
-        """Our own count: the prompt and the completion delivered so far."""
-        prompt = count_prompt_tokens(str(m.content) for m in turn.messages)
-        return Usage(prompt, generation.completion_tokens)
+    def _delivered(turn: PreparedTurn, generation: Generation) -> int:
+        """What settling now would charge by our count (0 before the first token)."""
+        if not generation.delivered_bytes:
+            return 0
+        return turn.prompt_tokens + generation.completion_tokens
 
-    def _charge_partial(self, turn: PreparedTurn, generation: Generation) -> None:
-        if generation.completion_tokens == 0:
+    def _usage(self, turn: PreparedTurn, generation: Generation) -> Usage:
+        """The provider's usage when it reported one for a complete answer, else ours."""
+        if generation.provider_usage and generation.finish is not FinishReason.QUOTA_EXHAUSTED:
+            return Usage(generation.provider_prompt_tokens, generation.provider_completion_tokens)
+        return Usage(turn.prompt_tokens, generation.completion_tokens)
+
+    def _charge_partial(self, turn: PreparedTurn, generation: Generation, *,
+                        cut: bool = False) -> None:
+        """Charge an unfinished turn what it delivered (nothing: release the hold). A
+        `cut` stream's last delta was handed to a connection that then broke, so it may
+        never have arrived: it is not charged (never more than the client got)."""
+        if not generation.delivered_bytes:
             self._quota.release(turn.hold)
+        elif cut:
+            handed_over = generation.delivered_bytes - generation.last_delta_bytes
+            self._quota.settle(turn.hold, turn.prompt_tokens + tokens_in_bytes(handed_over))
         else:
             self._quota.settle(turn.hold, self._usage(turn, generation).total_tokens)
 
@@ -267,6 +363,12 @@ class ChatEngine:
         return await self.store.append_turn(turn.user_id, turn.conversation_id,
                                             is_new=turn.is_new, question=question,
                                             answer=answer)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended (its provider request closed)."""
+    task.cancel()
+    await asyncio.wait({task})
 
 
 async def _no_history() -> list[HistoryMessage]:

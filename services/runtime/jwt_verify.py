@@ -2,6 +2,11 @@
 
 Only the asymmetric algorithms auth signs with are accepted, so `alg: none` and
 HS256 tokens (including ones "signed" with a public key as an HMAC secret) fail.
+
+A verified token is remembered (by its exact text) for a short while, so a client's
+calls after the first skip the signature check, the largest fixed cost of a call: at
+most `VERIFIED_TTL_SECONDS`, and never past the token's own expiry. A signing key
+withdrawn from the JWKS therefore stops its tokens within that time.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from services.runtime.errors import Unauthenticated
 
 ACCEPTED_ALGORITHMS = ("ES256",)
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud", "jti")
+VERIFIED_TTL_SECONDS = 60.0
+VERIFIED_CACHE_SIZE = 4096
 
 JwksFetcher = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -79,14 +86,34 @@ class JwtVerifier:
     """Verifies access tokens: signature, algorithm, kid, issuer, audience and times."""
 
     def __init__(self, keys: JwksCache, *, issuer: str, audience: str,
-                 leeway_seconds: int = 30) -> None:
+                 leeway_seconds: int = 30, clock: Callable[[], float] = time.time) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._clock = clock
+        # token -> (claims, when to forget them); insertion order: oldest first
+        self._verified: dict[str, tuple[VerifiedToken, float]] = {}
 
     async def verify(self, token: str) -> VerifiedToken:
         """The token's claims, or Unauthenticated with a reason."""
+        now = self._clock()
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if now < remembered[1]:
+                return remembered[0]
+            del self._verified[token]
+        verified = await self._verify(token)
+        # exp is an integer or float per RFC 7519 (pyjwt checked it); past exp + leeway
+        # the token must be refused again, with its own reason.
+        forget_at = min(now + VERIFIED_TTL_SECONDS,
+                        float(verified.claims["exp"]) + self._leeway)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (verified, forget_at)
+        return verified
+
+    async def _verify(self, token: str) -> VerifiedToken:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

@@ -122,8 +122,29 @@ class OpenAIServer:
                  "completion_tokens": len(tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
-            return web.json_response(_completion(body, "".join(tokens), finish, usage))
+            return await self._whole(request, seen, script, tokens, finish, usage)
         return await self._stream(request, seen, script, tokens, finish, usage)
+
+    async def _whole(self, request: web.Request, seen: Seen, script: Script,
+                     tokens: list[str], finish: str, usage: dict[str, int]) -> web.StreamResponse:
+        """A non-streamed answer, generated as slowly as the script's stream would be."""
+        try:
+            if script.gate is not None:
+                await script.gate.wait()
+            if script.first_token_delay:
+                await asyncio.sleep(script.first_token_delay)
+            if script.token_delay and len(tokens) > 1:
+                await asyncio.sleep(script.token_delay * (len(tokens) - 1))
+            if script.fail_after_tokens is not None and script.fail_after_tokens < len(tokens):
+                request.transport.close()  # type: ignore[union-attr]
+                return web.StreamResponse()
+        except asyncio.CancelledError:
+            seen.disconnected = time.monotonic()
+            raise
+        seen.tokens_sent = len(tokens)
+        seen.first_token_at = seen.finished = time.monotonic()
+        return web.json_response(_completion(request_model(seen.body), "".join(tokens), finish,
+                                             usage if script.report_usage else None))
 
     async def _stream(self, request: web.Request, seen: Seen, script: Script,
                       tokens: list[str], finish: str, usage: dict[str, int]) -> web.StreamResponse:
@@ -181,10 +202,13 @@ def _chunk(ident: str, model: str, delta: dict[str, Any],
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-def _completion(body: dict[str, Any], text: str, finish: str,
-                usage: dict[str, int]) -> dict[str, Any]:
-    return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
-            "created": int(time.time()), "model": request_model(body),
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": usage}
+def _completion(model: str, text: str, finish: str,
+                usage: dict[str, int] | None) -> dict[str, Any]:
+    completion: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+        "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": text}}]}
+    if usage is not None:
+        completion["usage"] = usage
+    return completion

@@ -65,7 +65,8 @@ async def test_fifty_concurrent_streams_against_room_for_ten(
     admitted = [o for o in outcomes if isinstance(o, Streamed)]
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert len(admitted) == 10 and len(refused) == 40
-    assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    other = [e.details() for e in refused if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert not other
     assert all(s.done is not None and s.text == "You said: race" for s in admitted)
     assert len(model_server.seen) == 10
     state = await usage(auth_stub, alice)

@@ -3,6 +3,7 @@ forged kid."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -97,3 +98,34 @@ async def test_clock_skew_leeway() -> None:
     assert (await lenient.verify(token)).subject == "s"
     with pytest.raises(Unauthenticated, match="expired"):
         await strict.verify(token)
+
+
+async def test_a_verified_token_is_remembered_for_at_most_a_minute() -> None:
+    key = SigningKey.generate()
+    publisher, keys_clock, clock = Publisher(key), FakeClock(), FakeClock()
+    verifier = JwtVerifier(JwksCache(publisher, ttl=300, clock=keys_clock), issuer="iss",
+                           audience="aud", clock=clock)
+    token = _token(key)
+    await verifier.verify(token)
+    publisher.keys = []  # the key is withdrawn...
+    keys_clock.now += 301  # ...and the key set refetched on the next lookup
+    clock.now += 59
+    assert (await verifier.verify(token)).subject == "u" * 32  # remembered: no lookup
+    assert publisher.fetches == 1
+    clock.now += 2  # past the minute: verified again, against the keys now published
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        await verifier.verify(token)
+    assert publisher.fetches == 2
+
+
+async def test_a_remembered_token_is_refused_once_it_expires() -> None:
+    key = SigningKey.generate()
+    now = int(time.time())
+    claims = {"iss": "iss", "aud": "aud", "sub": "s", "iat": now, "exp": now + 1, "jti": "j"}
+    token = jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid})
+    verifier = JwtVerifier(JwksCache(Publisher(key)), issuer="iss", audience="aud",
+                           leeway_seconds=0)
+    assert (await verifier.verify(token)).subject == "s"
+    await asyncio.sleep(now + 1.1 - time.time())
+    with pytest.raises(Unauthenticated, match="expired"):
+        await verifier.verify(token)

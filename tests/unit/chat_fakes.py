@@ -11,9 +11,9 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
 from services.chat.config import ModelSpec
@@ -29,7 +29,10 @@ from services.runtime.errors import QuotaViolation, ResourceExhausted
 class ScriptedChatModel(BaseChatModel):
     """Streams `parts` one chunk each, then a final chunk with `finish_reason` and
     `usage` (when set). `fail_with` is raised after the parts; with `block_at`, the
-    stream stops before that part, sets `blocked` and waits for `unblock`."""
+    stream stops before that part, sets `blocked` and waits for `unblock`. Parts
+    arrive one at a time (the event loop runs between them, as between network
+    reads) unless `burst`: then all at once, as from one read. A non-streamed call
+    (`ainvoke`) answers the parts joined, with the same usage and finish reason."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -42,6 +45,7 @@ class ScriptedChatModel(BaseChatModel):
     unblock: asyncio.Event = Field(default_factory=asyncio.Event)
     calls: list[tuple[list[BaseMessage], dict[str, Any]]] = Field(default_factory=list)
     closed: bool = False
+    burst: bool = False
 
     @property
     def _llm_type(self) -> str:
@@ -50,7 +54,31 @@ class ScriptedChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
                   **kwargs: Any) -> ChatResult:
-        raise NotImplementedError("the engine only streams")
+        raise NotImplementedError("the engine calls models asynchronously")
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        self.calls.append((list(messages), dict(kwargs)))
+        try:
+            if self.block_at is not None:
+                self.blocked.set()
+                await self.unblock.wait()
+            if self.fail_with is not None:
+                raise self.fail_with
+            metadata = {"finish_reason": self.finish_reason} if self.finish_reason else {}
+            message = AIMessage(content="".join(self.parts), usage_metadata=self._usage(),
+                                response_metadata=metadata)
+            return ChatResult(generations=[ChatGeneration(message=message)])
+        finally:
+            self.closed = True
+
+    def _usage(self) -> UsageMetadata | None:
+        if not self.usage:
+            return None
+        return UsageMetadata(input_tokens=self.usage["input"],
+                             output_tokens=self.usage["output"],
+                             total_tokens=self.usage["input"] + self.usage["output"])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
@@ -62,15 +90,13 @@ class ScriptedChatModel(BaseChatModel):
                     self.blocked.set()
                     await self.unblock.wait()
                 yield ChatGenerationChunk(message=AIMessageChunk(content=part))
+                if not self.burst:
+                    await asyncio.sleep(0)
             if self.fail_with is not None:
                 raise self.fail_with
             metadata = {"finish_reason": self.finish_reason} if self.finish_reason else {}
-            usage = (UsageMetadata(input_tokens=self.usage["input"],
-                                   output_tokens=self.usage["output"],
-                                   total_tokens=self.usage["input"] + self.usage["output"])
-                     if self.usage else None)
             yield ChatGenerationChunk(message=AIMessageChunk(
-                content="", usage_metadata=usage, response_metadata=metadata))
+                content="", usage_metadata=self._usage(), response_metadata=metadata))
         finally:
             self.closed = True
 
@@ -166,6 +192,7 @@ class FakeHold:
     charged: int = 0
     extensions: list[int] = field(default_factory=list)
     checkpoints: list[int] = field(default_factory=list)  # delivered, with each extend
+    step_checkpoints: list[int] = field(default_factory=list)  # delivered, every hold step
 
 
 class FakeQuota(QuotaClient):
@@ -214,6 +241,12 @@ class FakeQuota(QuotaClient):
         state.extensions.append(tokens)
         hold.tokens = state.held
         return True
+
+    def checkpoint(self, hold: Hold, delivered_tokens: int) -> asyncio.Task[None]:
+        state = self.holds[hold.reservation_id]
+        if state.state == "held":  # auth refuses one that arrives after the settlement
+            state.step_checkpoints.append(delivered_tokens)
+        return self._done()
 
     def settle(self, hold: Hold, used_tokens: int) -> asyncio.Task[None]:
         state = self.holds[hold.reservation_id]

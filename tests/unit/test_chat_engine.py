@@ -119,7 +119,7 @@ def failed(events: Sequence[Event]) -> Failed:
 
 def local_usage(messages: Sequence[BaseMessage], parts: Sequence[str]) -> Usage:
     return Usage(count_prompt_tokens(str(m.content) for m in messages),
-                 sum(count_tokens(p) for p in parts))
+                 count_tokens("".join(parts)))
 
 
 # --- a turn: events, usage, storage -------------------------------------------------
@@ -343,7 +343,7 @@ class ExtendStub:
     def __init__(self, code: grpc.StatusCode) -> None:
         self.code = code
 
-    async def ExtendReservation(self, request: Any) -> Any:
+    async def ExtendReservation(self, request: Any, **options: Any) -> Any:
         raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                    details="extend failed")
 
@@ -423,7 +423,8 @@ async def test_a_cancelled_turn_settles_what_it_delivered_and_stores_nothing() -
     assert deltas(received) == ["abcd", "efgh"]
     hold = r.quota.only_hold()
     assert hold.state == "settled"
-    assert hold.charged == local_usage(turn.messages, ["abcd", "efgh"]).total_tokens
+    # the last delta may have been lost with the connection: not charged
+    assert hold.charged == local_usage(turn.messages, ["abcd"]).total_tokens
     assert r.store.all_messages() == []
     assert model.closed
 
@@ -454,7 +455,8 @@ async def test_a_consumer_that_goes_away_mid_answer_is_charged_for_what_it_got()
 
     hold = r.quota.only_hold()
     assert hold.state == "settled"
-    assert hold.charged == local_usage(turn.messages, ["abcd"]).total_tokens
+    # the prompt; the one delta it had may never have arrived
+    assert hold.charged == local_usage(turn.messages, []).total_tokens
     assert r.store.all_messages() == []
 
 
@@ -724,12 +726,12 @@ async def test_the_hold_carries_auths_expiry_and_extensions_send_the_checkpoint(
     expire = 1_900_000_000
 
     class Stub:
-        async def ReserveTokens(self, request: Any) -> Any:
+        async def ReserveTokens(self, request: Any, **options: Any) -> Any:
             return quota_pb2.ReserveTokensResponse(reservation=quota_pb2.Reservation(
                 reservation_id="r1", tokens=request.tokens,
                 expire_time=timestamp_pb2.Timestamp(seconds=expire)))
 
-        async def ExtendReservation(self, request: Any) -> Any:
+        async def ExtendReservation(self, request: Any, **options: Any) -> Any:
             requests.append(request)
             return quota_pb2.ExtendReservationResponse(reservation=quota_pb2.Reservation(
                 reservation_id="r1", tokens=30,
@@ -746,3 +748,108 @@ async def test_the_hold_carries_auths_expiry_and_extensions_send_the_checkpoint(
         assert (requests[0].additional_tokens, requests[0].delivered_tokens) == (20, 12)
     finally:
         await channel.close()
+
+
+# --- coalescing, step checkpoints, the unary answer ----------------------------------
+
+async def test_text_that_arrives_at_once_goes_out_as_one_delta() -> None:
+    parts = ["Hello", " there", ", world."]
+    r = rig(ScriptedChatModel(parts=parts, burst=True))
+    turn, events = await run_turn(r, TurnRequest("Say hello"))
+
+    assert deltas(events) == ["Hello there, world."]
+    assert finished(events).usage == local_usage(turn.messages, parts)
+
+
+async def test_a_consumer_slower_than_the_model_gets_the_backlog_in_one_delta() -> None:
+    model = ScriptedChatModel(parts=["a", "b", "c", "d", "e"])
+    r = rig(model)
+    turn = await r.engine.prepare(USER, TurnRequest("Slow reader"))
+    events = open_run(r, turn)
+    assert isinstance(await anext(events), Started)
+    assert await anext(events) == Delta("a")  # the first one is never held back
+    for _ in range(20):  # the consumer is busy; the model writes on meanwhile
+        await asyncio.sleep(0)
+    assert model.closed
+
+    rest = await collect(events)
+
+    assert deltas(rest) == ["bcde"]
+    done = finished(rest)
+    assert done.content == "abcde"
+    assert r.quota.only_hold().charged == done.usage.total_tokens
+
+
+async def test_every_hold_step_of_delivered_output_is_checkpointed() -> None:
+    parts = ["abcd" * 10] * 20  # 10 local tokens each; max_tokens 256: a 64-token step
+    r = rig(ScriptedChatModel(parts=parts))
+    turn, events = await run_turn(r, TurnRequest("Long", options=TurnOptions(max_tokens=256)))
+
+    hold = r.quota.only_hold()
+    assert turn.step == 64
+    prompt = turn.prompt_tokens
+    delivered = [prompt + 10 * n for n in range(1, 21)]
+    expected, last = [], 0
+    for total in delivered:  # checkpointed whenever a step passed since the last one
+        if total - last >= 64:
+            expected.append(total)
+            last = total
+    assert hold.step_checkpoints == expected and len(expected) >= 3
+    # at no point was more than a step delivered beyond the last checkpoint
+    marks = [0, *expected]
+    assert all(total - max(m for m in marks if m <= total) < 64 for total in delivered)
+    assert hold.charged == finished(events).usage.total_tokens >= expected[-1]
+
+
+async def test_a_short_answer_sends_no_checkpoint() -> None:
+    r = rig(ScriptedChatModel(parts=["ok"]))
+    await run_turn(r, TurnRequest("Hi"))
+    assert r.quota.only_hold().step_checkpoints == []
+
+
+@pytest.mark.parametrize("usage", [None, {"input": 40, "output": 7}],
+                         ids=["local-count", "provider-usage"])
+async def test_the_unary_answer_matches_the_streamed_one(usage: dict[str, int] | None) -> None:
+    parts = ["The answer", " is", " forty-two."]
+    streamed = rig(ScriptedChatModel(parts=parts, usage=usage))
+    unary = rig(ScriptedChatModel(parts=parts, usage=usage))
+    request = TurnRequest("What is the answer?", options=TurnOptions(use_rag=True))
+
+    _, events = await run_turn(streamed, request)
+    unary_turn = await unary.engine.prepare(USER, request)
+    answer = await unary.engine.answer(unary_turn)
+
+    done = finished(events)
+    assert (answer.content, answer.usage, answer.finish_reason, answer.sources) == (
+        done.content, done.usage, done.finish_reason, done.sources)
+    assert unary.quota.only_hold().charged == streamed.quota.only_hold().charged
+    stored = [(m.role, m.content, m.usage, m.sources) for m in unary.store.all_messages()]
+    assert stored == [(m.role, m.content, m.usage, m.sources)
+                      for m in streamed.store.all_messages()]
+    assert answer.stored and len(unary.model.calls) == 1
+
+
+async def test_a_failed_unary_answer_frees_the_hold_and_stores_nothing() -> None:
+    model = ScriptedChatModel(parts=["never"], fail_with=RuntimeError("provider broke"))
+    r = rig(model)
+    turn = await r.engine.prepare(USER, TurnRequest("Q?"))
+    with pytest.raises(Internal):
+        await r.engine.answer(turn)
+    assert r.quota.only_hold().state == "released"
+    assert r.store.all_messages() == []
+
+
+async def test_a_cancelled_unary_answer_closes_the_model_call_and_frees_the_hold() -> None:
+    model = ScriptedChatModel(parts=["never"], block_at=0)
+    r = rig(model)
+    turn = await r.engine.prepare(USER, TurnRequest("Q?"))
+    task = asyncio.ensure_future(r.engine.answer(turn))
+    await model.blocked.wait()
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert model.closed
+    assert r.quota.only_hold().state == "released"
+    assert r.store.all_messages() == []

@@ -164,7 +164,7 @@ class ExtendReservationRequest(_message.Message):
     reservation_id: _builtins.str
     """The hold to grow."""
     additional_tokens: _builtins.int
-    """Tokens to add, at least 1."""
+    """Tokens to add; 0 only records the checkpoint below (and renews the hold's expiry)."""
     delivered_tokens: _builtins.int
     """Tokens delivered so far (prompt + completion, what settling now would charge),
     recorded with the hold as its checkpoint, even when the growth does not fit.
