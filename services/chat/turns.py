@@ -9,8 +9,9 @@ first; a stream that outgrows its hold asks for more and is cut off
 (UNAVAILABLE), since that is no exhausted quota. The real usage is charged at the
 end. A turn is stored only once it completed (cut-off turns included); a cancelled
 or failed one stores nothing and is charged what it delivered (nothing at all frees
-the hold; a broken stream's last delta is not charged, as it may not have arrived). A completed turn whose history write still fails after a few quick tries
-finishes all the same, marked not stored: the answer was delivered and charged.
+the hold; a broken stream's last delta is not charged, as it may not have arrived).
+A completed turn whose history write still fails after a few quick tries finishes
+all the same, marked not stored: the answer was delivered and charged.
 """
 
 from __future__ import annotations
