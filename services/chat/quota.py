@@ -89,8 +89,9 @@ class QuotaClient:
         self._open: set[str] = set()  # holds granted and not yet settled or released
         self._none_open = asyncio.Event()
 
-    async def reserve(self, user_id: str, tokens: int) -> Hold:
-        """Hold `tokens`; ResourceExhausted (with QuotaFailure) when they do not fit."""
+    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
+        """Hold `tokens`; ResourceExhausted (with QuotaFailure) when they do not fit.
+        The granted hold fills `into` when given (and is returned)."""
         try:
             answer = await self._stub.ReserveTokens(quota_pb2.ReserveTokensRequest(
                 user_id=user_id, tokens=tokens, ttl=self._ttl), **self._call_options())
@@ -98,8 +99,11 @@ class QuotaClient:
             raise from_peer(error, "quota") from None
         self._open.add(answer.reservation.reservation_id)
         self._none_open.clear()
-        return Hold(answer.reservation.reservation_id, answer.reservation.tokens,
-                    _seconds(answer.reservation.expire_time))
+        hold = into or Hold("", 0)
+        hold.reservation_id = answer.reservation.reservation_id
+        hold.tokens = answer.reservation.tokens
+        hold.expire_time = _seconds(answer.reservation.expire_time)
+        return hold
 
     async def extend(self, hold: Hold, tokens: int, delivered_tokens: int = 0) -> bool:
         """Grow `hold` by `tokens`, checkpointing `delivered_tokens` (what settling now

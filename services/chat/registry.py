@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
 from langchain_openai import ChatOpenAI
+from openai import DefaultAsyncHttpxClient
 
 from services.chat.config import ModelSpec
 from services.chat.extractive import Embedder, ExtractiveChatModel
+from services.chat.provider_gate import GatedTransport
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,12 @@ class RegisteredModel:
     spec: ModelSpec
     model: BaseChatModel
     default: bool
+
+    @property
+    def gated(self) -> bool:
+        """Whether the model's own HTTP requests wait for the turn's hold
+        (provider_gate); others must wait before they are called."""
+        return isinstance(self.model, ChatOpenAI)
 
 
 class ModelRegistry:
@@ -43,4 +51,5 @@ def build_model(spec: ModelSpec, embedder: Embedder) -> BaseChatModel:
         return ExtractiveChatModel(embedder=embedder, model_name=spec.model)
     return ChatOpenAI(model=spec.model, base_url=spec.base_url, api_key=spec.api_key,
                       stream_usage=True, timeout=spec.timeout_seconds,
-                      max_retries=spec.max_retries)
+                      max_retries=spec.max_retries,
+                      http_async_client=DefaultAsyncHttpxClient(transport=GatedTransport()))

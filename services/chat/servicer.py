@@ -52,7 +52,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             self, request: chat_pb2.ChatRequest,
             context: grpc.aio.ServicerContext[chat_pb2.ChatRequest, chat_pb2.ChatResponse],
     ) -> chat_pb2.ChatResponse:
-        turn = await self._engine.prepare(current_user().subject, _turn_request(request))
+        turn = await self._engine.prepare(current_user().subject, _turn_request(request),
+                                          streamed=False)
         event = await self._engine.answer(turn)
         return chat_pb2.ChatResponse(
             conversation=f"conversations/{turn.conversation_id}", model=turn.model.spec.id,

@@ -26,6 +26,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from services.chat import provider_gate
 from services.chat.conversations import ConversationStore, MessageRecord, new_id
 from services.chat.events import (
     Delta,
@@ -74,6 +75,11 @@ class PreparedTurn:
     prompt_tokens: int  # our count: charged when the model reports no usage
     max_tokens: int
     hold: Hold
+    # The model call, started while the hold was being granted (provider_gate): for a
+    # stream the task reading it into `relay`, for a unary answer the whole message.
+    model_call: asyncio.Task[Any] | None = None
+    generation: Generation = field(default_factory=lambda: Generation())
+    relay: DeltaRelay = field(default_factory=DeltaRelay)
 
     @property
     def step(self) -> int:
@@ -146,7 +152,12 @@ class ChatEngine:
         self._store_retry_delays = tuple(store_retry_delays)
         self._store_budget = store_budget_seconds
 
-    async def prepare(self, user_id: str, request: TurnRequest) -> PreparedTurn:
+    async def prepare(self, user_id: str, request: TurnRequest, *,
+                      streamed: bool = True) -> PreparedTurn:
+        """Refuse the turn (a status) or admit it: its hold granted and its model call
+        started (streamed for `run`, one whole answer for `answer`). The call is
+        prepared while the hold is being granted and its request sent only once it is
+        (provider_gate): nothing reaches the provider for a turn that does not fit."""
         valid = validate_turn(request, self.registry, self._max_message_chars)
         options = request.options
         history_task = (self.store.history(user_id, valid.conversation_id, self._history_turns)
@@ -160,17 +171,28 @@ class ChatEngine:
             raise NotFound("conversation", request.conversation)
         messages = build_messages(request.message, history, sources)
         estimate = estimate_prompt_tokens(str(m.content) for m in messages)
-        hold = await self._quota.reserve(user_id, estimate + valid.max_tokens)
         call_options: dict[str, Any] = {"max_tokens": valid.max_tokens}
         if options.temperature is not None:
             call_options["temperature"] = options.temperature
-        return PreparedTurn(
+        turn = PreparedTurn(
             user_id=user_id, conversation_id=valid.conversation_id or new_id(),
             is_new=valid.conversation_id is None, model=valid.model, question=request.message,
             messages=messages, sources=None if sources is None else tuple(sources),
             call_options=call_options, prompt_estimate=estimate,
             prompt_tokens=count_prompt_tokens(str(m.content) for m in messages),
-            max_tokens=valid.max_tokens, hold=hold)
+            max_tokens=valid.max_tokens, hold=Hold("", 0))
+        # The hold is filled in before the gate opens: the call never sees it empty.
+        reservation = asyncio.ensure_future(
+            self._quota.reserve(user_id, estimate + valid.max_tokens, into=turn.hold))
+        with provider_gate.gate(reservation):
+            turn.model_call = asyncio.create_task(
+                self._read(turn) if streamed else self._invoke(turn))
+        try:
+            await reservation
+        except BaseException:
+            await _stop(turn.model_call)
+            raise
+        return turn
 
     async def run(self, turn: PreparedTurn) -> AsyncGenerator[Event, None]:
         """Started, Delta*, SourcesFound (RAG), then Finished or Failed.
@@ -181,15 +203,16 @@ class ChatEngine:
         The hold ends on every path: a consumer that goes away at any event (or a
         cancel) leaves the delivered part charged and the rest released.
         """
+        reader = turn.model_call
+        assert reader is not None, "a prepared turn has its model call"
         try:
             yield Started(turn.conversation_id, turn.model.spec.id)
-        except BaseException:  # the consumer went away before any generation
+        except BaseException:  # the consumer went away before any delta
+            await _stop(reader)
             self._quota.release(turn.hold)
             raise
         started_ms = int(time.time() * 1000)
-        generation = Generation()
-        relay = DeltaRelay()
-        reader = asyncio.create_task(self._read(turn, generation, relay))
+        generation, relay = turn.generation, turn.relay
         try:
             while (text := await relay.take()) is not None:
                 generation.deliver(text)
@@ -213,13 +236,16 @@ class ChatEngine:
         its worst case); raises the turn's error. Same content, usage, history and
         charge as `run` would give."""
         started_ms = int(time.time() * 1000)
-        generation = Generation()
+        generation = turn.generation
+        call = turn.model_call
+        assert call is not None, "a prepared turn has its model call"
         try:
-            message = await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+            message = await call
         except Exception as error:  # noqa: BLE001 — becomes the turn's status
             self._quota.release(turn.hold)
             raise self._failure(error, turn) from None
         except BaseException:  # cancelled: nothing was delivered
+            await _stop(call)
             self._quota.release(turn.hold)
             raise
         text = message.content if isinstance(message.content, str) else ""
@@ -233,10 +259,19 @@ class ChatEngine:
         assert finished is not None
         return finished
 
-    async def _read(self, turn: PreparedTurn, generation: Generation,
-                    relay: DeltaRelay) -> None:
-        """Read the model's stream into `relay`, growing the hold ahead of the text."""
+    async def _invoke(self, turn: PreparedTurn) -> BaseMessage:
+        """The model's whole answer, from one non-streamed call."""
+        if not turn.model.gated:
+            await provider_gate.wait_for_gate()
+        return await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+
+    async def _read(self, turn: PreparedTurn) -> None:
+        """Read the model's stream into the turn's relay, growing the hold ahead of
+        the text."""
+        generation, relay = turn.generation, turn.relay
         try:
+            if not turn.model.gated:
+                await provider_gate.wait_for_gate()
             stream = turn.model.model.astream(turn.messages, **turn.call_options)
             # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
             # at once when this task is cancelled, so the provider's request stops too.
@@ -265,12 +300,13 @@ class ChatEngine:
         settled = self._quota.settle(turn.hold, usage.total_tokens)
         if turn.sources is not None:
             yield SourcesFound(turn.sources)
-        # Normally lands in milliseconds; while auth is away it goes on retrying, detached,
-        # and the client is not kept waiting for it.
-        await asyncio.wait({settled}, timeout=SETTLE_WAIT_SECONDS)
         # Every token was delivered and charged: a failed history write does not fail
         # the turn, the Finished event says it was not stored (an empty message name).
+        # The settlement travels meanwhile; done waits for it (usage read after done
+        # includes the turn), but only so long: while auth is away it goes on retrying,
+        # detached, and the client is not kept waiting for it.
         name = await self._store(turn, generation, usage, started_ms)
+        await asyncio.wait({settled}, timeout=SETTLE_WAIT_SECONDS)
         yield Finished(usage=usage, finish_reason=generation.finish, message_name=name,
                        content=generation.text, create_time=time.time(),
                        sources=turn.sources or ())

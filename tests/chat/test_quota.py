@@ -39,6 +39,7 @@ async def test_a_request_that_does_not_fit_is_refused_before_the_model(
         assert error_info(caught.value).reason == "TOKEN_QUOTA_EXHAUSTED"
         (violation,) = quota_failure(caught.value).violations
         assert violation.subject == f"users/{alice.user_id}"
+    await asyncio.sleep(0.2)  # a request sent late (after the refusal) would show now
     assert model_server.seen == []
     answer = await chat_stub.Chat(chat_pb2.ChatRequest(
         message="hi", options=chat_pb2.ChatOptions(max_tokens=63)), metadata=alice.metadata)

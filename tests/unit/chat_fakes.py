@@ -220,13 +220,15 @@ class FakeQuota(QuotaClient):
                    if h.user_id == user_id and h.state == "held")
         return self.limit - self.used.get(user_id, 0) - live
 
-    async def reserve(self, user_id: str, tokens: int) -> Hold:
+    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
         if tokens > self.room(user_id):
             raise ResourceExhausted("token quota exhausted", reason="TOKEN_QUOTA_EXHAUSTED",
                                     violations=[QuotaViolation(f"users/{user_id}", "full")])
         reservation_id = f"r{next(self._ids)}"
         self.holds[reservation_id] = FakeHold(user_id, tokens)
-        return Hold(reservation_id, tokens)
+        hold = into or Hold("", 0)
+        hold.reservation_id, hold.tokens = reservation_id, tokens
+        return hold
 
     async def extend(self, hold: Hold, tokens: int, delivered_tokens: int = 0) -> bool:
         self.extend_requests.append(tokens)

@@ -226,14 +226,25 @@ async def test_a_failing_search_refuses_the_turn_before_any_hold() -> None:
 # --- quota: reserve, extend, cut off, settle, release -------------------------------
 
 async def test_the_worst_case_is_held_before_generating_and_the_real_usage_settled() -> None:
-    r = rig(ScriptedChatModel(parts=["one", " two"]), default_max_tokens=40)
+    model = ScriptedChatModel(parts=["one", " two"])
+
+    class SlowQuota(FakeQuota):
+        """Grants after the event loop ran a while: the model must not be called
+        meanwhile (its call is prepared, and starts only once the hold is granted)."""
+
+        async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert model.calls == [], "the model was called before the hold was granted"
+            return await super().reserve(user_id, tokens, into)
+
+    r = rig(model, quota=SlowQuota(), default_max_tokens=40)
     turn = await r.engine.prepare(USER, TurnRequest("Hold first"))
 
     hold = r.quota.only_hold()
     estimate = estimate_prompt_tokens(str(m.content) for m in turn.messages)
     assert (hold.user_id, hold.held, hold.state) == (USER, estimate + 40, "held")
     assert turn.prompt_estimate == estimate
-    assert r.model.calls == []  # nothing generated yet
 
     events = await collect(r.engine.run(turn))
     done = finished(events)
@@ -433,13 +444,16 @@ async def test_a_turn_cancelled_before_any_text_releases_its_hold() -> None:
     model = ScriptedChatModel(parts=["never"], block_at=0)
     r = rig(model)
     turn = await r.engine.prepare(USER, TurnRequest("Cancel me"))
-    task = asyncio.ensure_future(collect(r.engine.run(turn)))
+    events = open_run(r, turn)
+    assert isinstance(await anext(events), Started)
+    task = asyncio.ensure_future(anext(events))
     await model.blocked.wait()
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
+    assert model.closed
     assert r.quota.only_hold().state == "released"
     assert r.store.all_messages() == []
 
@@ -816,7 +830,7 @@ async def test_the_unary_answer_matches_the_streamed_one(usage: dict[str, int] |
     request = TurnRequest("What is the answer?", options=TurnOptions(use_rag=True))
 
     _, events = await run_turn(streamed, request)
-    unary_turn = await unary.engine.prepare(USER, request)
+    unary_turn = await unary.engine.prepare(USER, request, streamed=False)
     answer = await unary.engine.answer(unary_turn)
 
     done = finished(events)
@@ -832,7 +846,7 @@ async def test_the_unary_answer_matches_the_streamed_one(usage: dict[str, int] |
 async def test_a_failed_unary_answer_frees_the_hold_and_stores_nothing() -> None:
     model = ScriptedChatModel(parts=["never"], fail_with=RuntimeError("provider broke"))
     r = rig(model)
-    turn = await r.engine.prepare(USER, TurnRequest("Q?"))
+    turn = await r.engine.prepare(USER, TurnRequest("Q?"), streamed=False)
     with pytest.raises(Internal):
         await r.engine.answer(turn)
     assert r.quota.only_hold().state == "released"
@@ -842,7 +856,7 @@ async def test_a_failed_unary_answer_frees_the_hold_and_stores_nothing() -> None
 async def test_a_cancelled_unary_answer_closes_the_model_call_and_frees_the_hold() -> None:
     model = ScriptedChatModel(parts=["never"], block_at=0)
     r = rig(model)
-    turn = await r.engine.prepare(USER, TurnRequest("Q?"))
+    turn = await r.engine.prepare(USER, TurnRequest("Q?"), streamed=False)
     task = asyncio.ensure_future(r.engine.answer(turn))
     await model.blocked.wait()
 
