@@ -7,6 +7,7 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from services.chat.config import ChatConfig
 from services.chat.conversations import ConversationStore
+from services.chat.metrics import ChatMetrics
 from services.chat.quota import QuotaClient
 from services.chat.registry import ModelRegistry
 from services.chat.retrieval import DocumentSearch
@@ -15,6 +16,7 @@ from services.chat.turns import ChatEngine
 from services.runtime.authn import AccessPolicy
 from services.runtime.embedding_client import EmbeddingClient
 from services.runtime.jwks_client import remote_jwks_fetcher
+from services.runtime.metrics import ServerMetrics
 from services.runtime.peers import peer_channel
 from services.runtime.redis_client import redis_client
 from services.runtime.server import MeshServer, ServiceSpec, build_verifier, run_service
@@ -36,10 +38,13 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
     quota_channel = grpc.aio.insecure_channel(runtime.auth_address)
     quota = QuotaClient(quota_channel, config.reservation_ttl_seconds, service_token=token,
                         timeout=timeout)
+    metrics = ServerMetrics()
+    chat_metrics = ChatMetrics(metrics.registry)
     engine = ChatEngine(
         ModelRegistry(config.models, config.default_model, EmbeddingClient(embeddings)),
         ConversationStore(redis, config.retention_seconds), quota, DocumentSearch(documents),
-        history_turns=config.history_turns, max_message_chars=config.max_message_chars)
+        history_turns=config.history_turns, max_message_chars=config.max_message_chars,
+        on_charge=chat_metrics.charged)
 
     def register(server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(engine), server)
@@ -52,7 +57,8 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
 
     spec = ServiceSpec(names=[SERVICE], register=register, policy=AccessPolicy.build(),
                        on_stop=[close])
-    return MeshServer(runtime, spec, build_verifier(runtime, remote_jwks_fetcher(auth)))
+    return MeshServer(runtime, spec, build_verifier(runtime, remote_jwks_fetcher(auth)),
+                      metrics=metrics)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +142,9 @@ class ChatEngine:
     def __init__(self, registry: ModelRegistry, store: ConversationStore, quota: QuotaClient,
                  search: DocumentSearch, *, history_turns: int, max_message_chars: int,
                  store_retry_delays: Sequence[float] = STORE_RETRY_DELAYS,
-                 store_budget_seconds: float = STORE_BUDGET_SECONDS) -> None:
+                 store_budget_seconds: float = STORE_BUDGET_SECONDS,
+                 on_charge: Callable[[str, Usage], None] | None = None) -> None:
+        """`on_charge(model id, usage)` hears every charge a turn makes (metrics)."""
         self.registry = registry
         self.store = store
         self._quota = quota
@@ -151,6 +153,7 @@ class ChatEngine:
         self._max_message_chars = max_message_chars
         self._store_retry_delays = tuple(store_retry_delays)
         self._store_budget = store_budget_seconds
+        self._on_charge = on_charge
 
     async def prepare(self, user_id: str, request: TurnRequest, *,
                       streamed: bool = True) -> PreparedTurn:
@@ -297,7 +300,7 @@ class ChatEngine:
         """Settle, then SourcesFound (RAG) and Finished once the turn is stored."""
         usage = self._usage(turn, generation)
         # Settled before anything else is yielded: the whole answer was delivered.
-        settled = self._quota.settle(turn.hold, usage.total_tokens)
+        settled = self._settle(turn, usage)
         if turn.sources is not None:
             yield SourcesFound(turn.sources)
         # Every token was delivered and charged: a failed history write does not fail
@@ -353,9 +356,14 @@ class ChatEngine:
             self._quota.release(turn.hold)
         elif cut:
             handed_over = generation.delivered_bytes - generation.last_delta_bytes
-            self._quota.settle(turn.hold, turn.prompt_tokens + tokens_in_bytes(handed_over))
+            self._settle(turn, Usage(turn.prompt_tokens, tokens_in_bytes(handed_over)))
         else:
-            self._quota.settle(turn.hold, self._usage(turn, generation).total_tokens)
+            self._settle(turn, self._usage(turn, generation))
+
+    def _settle(self, turn: PreparedTurn, usage: Usage) -> asyncio.Task[None]:
+        if self._on_charge is not None:
+            self._on_charge(turn.model.spec.id, usage)
+        return self._quota.settle(turn.hold, usage.total_tokens)
 
     def _failure(self, error: Exception, turn: PreparedTurn) -> LlmmeshError:
         mapped = provider_error(error, turn.model.spec.id)

@@ -120,3 +120,22 @@ async def test_a_unary_answer_past_its_deadline_is_deadline_exceeded(
         await chat_stub.Chat(chat_pb2.ChatRequest(message="a long one"),
                              metadata=bob.metadata, timeout=0.3)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_charged_tokens_are_counted_by_model_and_kind(
+        chat_stub, chat_server, model_server: OpenAIServer, bob: LoggedIn) -> None:
+    registry = chat_server.metrics.registry
+
+    def counted(kind: str) -> float:
+        return registry.get_sample_value("llmmesh_chat_tokens_total",
+                                         {"model": "echo", "kind": kind}) or 0.0
+
+    before = counted("prompt"), counted("completion")
+    model_server.reset(Script(reply=lambda _: REPLY))
+    streamed = await stream_chat(chat_stub, bob, "count me")
+    unary = await chat_stub.Chat(chat_pb2.ChatRequest(message="count me"),
+                                 metadata=bob.metadata)
+    assert streamed.done is not None
+    charged = [streamed.done.usage, unary.usage]
+    assert counted("prompt") - before[0] == sum(u.prompt_tokens for u in charged)
+    assert counted("completion") - before[1] == sum(u.completion_tokens for u in charged)
