@@ -9,7 +9,8 @@ Request path through the edge listener:
 
 - Routes: `/healthz`; `GET /openapi.json` (the OpenAPI document, from the file beside
   the bootstrap, through an internal listener: the cors filter does not act on a
-  direct response, and the document is fetched across origins); CORS preflights
+  direct response, and the document is fetched across origins); `GET /`, `/app.js`,
+  `/app.css` (the web chat page, gateway/webpage.py, served the same way); CORS preflights
   (OPTIONS with Access-Control-Request-Method, no token needed: the cors filter
   answers them); every REST binding (regex + method, most specific first); every gRPC
   method (`/pkg.Service/Method`, gRPC content type); a catch-all 404 that needs a
@@ -33,11 +34,13 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.deployment import Deployment
+from gateway.deployment import RATELIMIT_SERVICE, Deployment
 from gateway.descriptors import MethodInfo
 from gateway.httprule import envoy_regex, parse_template
 from gateway.openapi import OPENAPI_FILE, OPENAPI_PATH
 from gateway.spec import REMOTE_ADDRESS_KEY, ROUTE_CLASS_KEY, USER_KEY, EdgeSpec
+from gateway.webpage import RESPONSE_HEADERS as WEB_RESPONSE_HEADERS
+from gateway.webpage import WEB_FILES
 
 DESCRIPTOR_FILE = "descriptor_set.binpb"
 JWT_PROVIDER = "llmmesh"
@@ -84,6 +87,7 @@ function envoy_on_request(handle)
   end
 end
 """
+OTLP_CLUSTER = "opentelemetry_collector"
 
 
 def _duration(seconds: float) -> str:
@@ -203,7 +207,8 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
     fallback = {"name": "not_found", "match": {"prefix": "/"},
                 "direct_response": {"status": 404, "body": {"inline_string": "Not Found"}},
                 "typed_per_filter_config": {JWT_FILTER: _jwt(JWT_REQUIRED)}}
-    return [health, _openapi_route(), preflight, *(route for _, route in rest), *grpc, fallback]
+    return [health, _openapi_route(), *_web_routes(), preflight,
+            *(route for _, route in rest), *grpc, fallback]
 
 
 _GET = {"name": ":method", "string_match": {"exact": "GET"}}
@@ -218,6 +223,30 @@ def _openapi_route() -> dict[str, Any]:
                                         TRANSCODER_FILTER: _disabled()}}
 
 
+def _web_routes() -> list[dict[str, Any]]:
+    """`GET /` (the web chat page, gateway/webpage.py) and its files: public, to the
+    internal listener that serves the files, as `/openapi.json`."""
+    return [{"name": f"web{page.path.replace('/', '_')}",
+             "match": {"path": page.path, "headers": [_GET]},
+             "route": {"cluster": OPENAPI_CLUSTER, "timeout": "5s"},
+             "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                         TRANSCODER_FILTER: _disabled()}}
+            for page in WEB_FILES]
+
+
+def _web_file_routes(deployment: Deployment) -> list[dict[str, Any]]:
+    """The internal listener's answers for the web page's files (from the config dir)."""
+    return [{"match": {"path": page.path, "headers": [_GET]},
+             "direct_response": {"status": 200, "body": {
+                 "filename": f"{deployment.config_dir}/{page.file}"}},
+             "response_headers_to_add": [{
+                 "header": {"key": key, "value": value},
+                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                 for key, value in (("content-type", page.content_type),
+                                    *WEB_RESPONSE_HEADERS)]}
+            for page in WEB_FILES]
+
+
 def _openapi_listener(deployment: Deployment) -> dict[str, Any]:
     """The internal listener answering `GET /openapi.json` with the document file."""
     routes_ = {"name": "openapi", "max_direct_response_body_size_bytes":
@@ -230,6 +259,7 @@ def _openapi_listener(deployment: Deployment) -> dict[str, Any]:
                                    "header": {"key": "content-type",
                                               "value": "application/json"},
                                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]},
+                              *_web_file_routes(deployment),
                               {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]}
     return {"name": OPENAPI_LISTENER, "internal_listener": {},
             "filter_chains": [{"filters": [_http_manager("openapi", routes_, [_ROUTER])]}]}
@@ -322,16 +352,42 @@ SERVICE_OUTLIER_DETECTION: dict[str, Any] = {
 }
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool,
+# A service run as several replicas (the launcher's `--replicas`): Envoy asks each
+# replica's gRPC health service (grpc.health.v1) every second, also before any traffic,
+# and takes a replica out of rotation after two failed checks — NOT_SERVING (a draining
+# replica says so first), a refused connection or a timeout — and back after one good
+# one. With every replica down, Envoy's panic threshold (50 %) routes to all of them.
+REPLICA_HEALTH_CHECK: dict[str, Any] = {
+    "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
+    "interval_jitter": "0.1s", "unhealthy_threshold": 2, "healthy_threshold": 1,
+    "grpc_health_check": {}}
+# Until a check has seen a replica go, a request may still pick it: retried on another
+# replica, but only when it never reached one (a refused connection or stream, a reset
+# before the request was sent), so nothing runs twice. A request a replica took is never
+# retried: when the replica dies under it, the client gets UNAVAILABLE (503).
+REPLICA_RETRY_POLICY: dict[str, Any] = {
+    "retry_on": "connect-failure,refused-stream,reset-before-request",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": _typed(
+            "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")}],
+    "host_selection_retry_max_attempts": 3}
+
+
+def _cluster(name: str, endpoints: Sequence[tuple[str, int]], *, http2: bool,
              service: bool = False) -> dict[str, Any]:
-    """A cluster of one endpoint; a `service` cluster (an llmmesh service) also gets
-    circuit breakers and outlier detection."""
+    """A cluster of `endpoints` (round robin); a `service` cluster (an llmmesh service)
+    also gets circuit breakers and outlier detection; one of several endpoints (replicas)
+    active gRPC health checks."""
+    dns = any(not _is_ip(host) for host, _ in endpoints)
     cluster: dict[str, Any] = {
-        "name": name, "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "name": name, "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": "2s", "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": host,
-                                                         "port_value": port}}}}]}]}}
+                                                         "port_value": port}}}}
+            for host, port in endpoints]}]}}
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
@@ -340,7 +396,19 @@ def _cluster(name: str, host: str, port: int, *, http2: bool,
     if service:
         cluster["circuit_breakers"] = copy.deepcopy(SERVICE_CIRCUIT_BREAKERS)
         cluster["outlier_detection"] = copy.deepcopy(SERVICE_OUTLIER_DETECTION)
+    if http2 and len(endpoints) > 1:
+        cluster["health_checks"] = [copy.deepcopy(REPLICA_HEALTH_CHECK)]
     return cluster
+
+
+def _retry_across_replicas(route_list: list[dict[str, Any]], spec: EdgeSpec,
+                           deployment: Deployment) -> None:
+    """`REPLICA_RETRY_POLICY` on every route to a cluster of several replicas."""
+    replicated = {u.name for u in spec.upstreams if len(deployment.endpoints(u.name)) > 1}
+    for route in route_list:
+        action = route.get("route")
+        if action is not None and action.get("cluster") in replicated:
+            action["retry_policy"] = copy.deepcopy(REPLICA_RETRY_POLICY)
 
 
 def _is_ip(host: str) -> bool:
@@ -413,13 +481,14 @@ def _jwks_listener(spec: EdgeSpec, deployment: Deployment,
     upstream = spec.upstream_for(jwks.full_name)
     assert upstream is not None
     service = jwks.full_name.strip("/").split("/")[0]
+    jwks_routes: list[dict[str, Any]] = [
+        {"match": {"path": JWKS_PATH,
+                   "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+         "route": {"cluster": upstream.name, "timeout": "5s"}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
+    _retry_across_replicas(jwks_routes, spec, deployment)
     routes_ = {"name": "jwks", "virtual_hosts": [{
-        "name": "jwks", "domains": ["*"],
-        "routes": [{"match": {"path": JWKS_PATH,
-                              "headers": [{"name": ":method",
-                                           "string_match": {"exact": "GET"}}]},
-                    "route": {"cluster": upstream.name, "timeout": "5s"}},
-                   {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]}
+        "name": "jwks", "domains": ["*"], "routes": jwks_routes}]}
     return {"name": JWKS_LISTENER, "internal_listener": {},
             "filter_chains": [{"filters": [_http_manager(
                 "jwks", routes_, [_transcoder(spec, deployment, [service]), _ROUTER])]}]}
@@ -499,34 +568,55 @@ def _stats_listener(deployment: Deployment, port: int) -> dict[str, Any]:
                      _http_manager("stats", routes_, router))
 
 
+def _tracing(deployment: Deployment) -> dict[str, Any]:
+    """Envoy's OpenTelemetry tracer, where the deployment has a collector: a span per
+    request (continuing a client's `traceparent`) and one per upstream call, whose
+    context the services continue (W3C `traceparent`, gRPC metadata after transcoding)."""
+    if deployment.otlp_collector is None:
+        return {}
+    return {"tracing": {
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": True,
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": _typed(
+            "envoy.config.trace.v3.OpenTelemetryConfig",
+            grpc_service={"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "0.250s"},
+            service_name="llmmesh-edge")}}}
+
+
 def bootstrap(spec: EdgeSpec, methods: Sequence[MethodInfo],
               deployment: Deployment) -> dict[str, Any]:
     """Envoy's bootstrap for `spec` in `deployment`; `methods` are the routed ones."""
     check_bindings(methods)
+    edge_routes = routes(spec, methods)
+    _retry_across_replicas(edge_routes, spec, deployment)
     manager = _http_manager(
         "edge",
         {"name": "edge", "virtual_hosts": [{
             "name": "llmmesh", "domains": ["*"],
             "typed_per_filter_config": {CORS_FILTER: _cors_policy(spec, deployment)},
             "rate_limits": descriptor_actions(spec, spec.default_class),
-            "routes": routes(spec, methods)}]},
+            "routes": edge_routes}]},
         _filters(spec, deployment),
         codec_type="AUTO",
         # The peer address is the client: rate-limit keys never come from X-Forwarded-For.
         use_remote_address=True, xff_num_trusted_hops=0,
         always_set_request_id_in_response=True,
         stream_idle_timeout="300s",
-        local_reply_config=_local_reply_config())
-    clusters = [_cluster(u.name, *deployment.upstreams[u.name], http2=True, service=True)
+        local_reply_config=_local_reply_config(),
+        **_tracing(deployment))
+    clusters = [_cluster(u.name, deployment.endpoints(u.name), http2=True, service=True)
                 for u in spec.upstreams]
-    clusters.append(_cluster(RATELIMIT_CLUSTER, *deployment.ratelimit, http2=True))
+    clusters.append(_cluster(RATELIMIT_CLUSTER, deployment.endpoints(RATELIMIT_SERVICE),
+                             http2=True))
     clusters.append(_internal_cluster(JWKS_CLUSTER, JWKS_LISTENER))
     clusters.append(_internal_cluster(OPENAPI_CLUSTER, OPENAPI_LISTENER))
+    if deployment.otlp_collector is not None:
+        clusters.append(_cluster(OTLP_CLUSTER, [deployment.otlp_collector], http2=True))
     listeners = [_listener("edge", deployment.listen_address, deployment.listener_port,
                            manager), _jwks_listener(spec, deployment, methods),
                  _openapi_listener(deployment)]
     if deployment.stats_port is not None:
-        clusters.append(_cluster(ADMIN_CLUSTER, "127.0.0.1", deployment.admin_port,
+        clusters.append(_cluster(ADMIN_CLUSTER, [("127.0.0.1", deployment.admin_port)],
                                  http2=False))
         listeners.append(_stats_listener(deployment, deployment.stats_port))
     return {

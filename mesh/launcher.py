@@ -12,12 +12,29 @@ in its environment and printed in the banner. Its process is then a supervisor
 up, so waiting for SERVING waits for all of them; it restarts a crashed worker itself and,
 on SIGTERM, drains every worker before it exits. The launcher watches the supervisor.
 
-A child that dies afterwards (a service, the rate limit service, Envoy or Redis, which
-replays its AOF) is restarted on the same ports after a backoff (0.5 s, doubling up to
-10 s) and waited for until healthy again; peers reconnect by themselves. Only when one
-child crashes LLMMESH_RESTART_LIMIT times (5) within LLMMESH_RESTART_WINDOW_SECONDS (60)
-does the launcher give up, stop everything and exit 1. A child that fails while the
-mesh first starts is not retried: that is a setup problem, reported at once.
+`--replicas chat=2,auth=2` (or LLMMESH_REPLICAS, the same syntax; the flag wins per
+service) runs a service (or the rate limit service) as N replicas: N separate processes
+(each its own process group, each with its workers), replica 1 on the service's port and
+metrics port, replica i on LLMMESH_<SERVICE>_REPLICA_PORTS / _REPLICA_METRICS_PORTS
+(comma-separated, replicas 2..N) or else the port plus 100 * (i - 1). Replica 1 of each
+service starts, and is healthy, before the others (what a first start creates in the
+data dir, e.g. a generated signing key, is created by one process). Envoy's cluster for
+the service lists every replica (round robin) with active gRPC health checks, so a
+draining or dead replica leaves rotation (gateway/envoy_config.py). Peers inside the
+mesh (chat -> auth, document, embedding; document -> auth, embedding; embedding ->
+auth) do not go through the edge: each caller replica gets LLMMESH_<PEER>_ADDRESS =
+`ipv4:<replica>,<replica>,...`, a gRPC target of every replica, in an order rotated per
+caller, with gRPC's default pick_first policy: a caller sticks to its first replica
+(callers spread over the replicas by the rotation) and moves to the next when that one
+is gone or draining (a refused connection or a GOAWAY), without a restart.
+
+A child that dies afterwards (a service or one replica of it, the rate limit service,
+Envoy or Redis, which replays its AOF) is restarted on the same ports after a backoff
+(0.5 s, doubling up to 10 s) and waited for until healthy again; peers reconnect by
+themselves. Only when one child crashes LLMMESH_RESTART_LIMIT times (5) within
+LLMMESH_RESTART_WINDOW_SECONDS (60) does the launcher give up, stop everything and exit
+1. A child that fails while the mesh first starts is not retried: that is a setup
+problem, reported at once.
 
 On Ctrl-C (or SIGTERM) it stops in dependency order, one group at a time, each child
 SIGTERMed and waited for (up to its grace) before the next group is signalled, so
@@ -27,6 +44,7 @@ then document and embedding, then the rate limit service and auth, then Redis.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -44,14 +62,35 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import deployment
-from gateway.config import RATELIMIT_METRICS_PORT, EdgeConfig, ratelimit_address
+from gateway.config import (
+    RATELIMIT_METRICS_PORT,
+    RATELIMIT_PORT,
+    EdgeConfig,
+    ratelimit_address,
+)
 from gateway.envoy_process import EnvoyError
 from gateway.local_edge import start_local_edge
 from gateway.spec import LLMMESH_SPEC
 from mesh.redis_server import LocalRedis
-from services.runtime.config import DEFAULT_PORTS, Env, endpoint, service_workers
+from services.runtime.config import (
+    DEFAULT_PORTS,
+    ConfigError,
+    Env,
+    endpoint,
+    service_workers,
+)
 
 SERVICES = ("auth", "embedding", "document", "chat")
+RATELIMIT = "ratelimit"
+REPLICABLE = (*SERVICES, RATELIMIT)
+MAX_REPLICAS = 16
+# Replica i (from 0) of a service listens on its port + i * REPLICA_PORT_STRIDE (and
+# so its metrics port) unless LLMMESH_<SERVICE>_REPLICA_PORTS says otherwise: the
+# default ports of the services are consecutive, their replicas' must not meet.
+REPLICA_PORT_STRIDE = 100
+# Who calls whom inside the mesh (LLMMESH_<PEER>_ADDRESS in the caller's environment).
+PEERS = {"chat": ("auth", "document", "embedding"), "document": ("auth", "embedding"),
+         "embedding": ("auth",)}
 STARTUP_TIMEOUT_SECONDS = 120.0
 # Who is stopped when: each group only once the one before it has exited, so a child
 # still finishing a call can reach what it calls (chat extends holds through auth).
@@ -62,6 +101,9 @@ STOP_MARGIN_SECONDS = 5.0
 EDGE_STOP_SECONDS = 10.0
 REDIS_STOP_SECONDS = 10.0
 RESTART_BACKOFF_MAX_SECONDS = 10.0
+# Envoy checks every second and ejects after two failures: a replica told to stop keeps
+# serving this long with health NOT_SERVING, so no call sent to it meanwhile is reset.
+REPLICA_DRAIN_DELAY_SECONDS = 2.5
 
 
 class StopRequested(Exception):
@@ -70,7 +112,7 @@ class StopRequested(Exception):
 
 @dataclass
 class Child:
-    name: str
+    name: str  # the service's name, or "<service>-<i>" for replica i (from 1) of several
     address: str
     metrics_port: int
     log_path: Path
@@ -82,9 +124,74 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     crashes: list[float] = field(default_factory=list)
     workers: int = 1  # processes serving `address` (a Python service's)
+    service: str = ""  # what `name` is a replica of (stop order, replica counts)
+
+    def __post_init__(self) -> None:
+        self.service = self.service or self.name
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def parse_replicas(text: str, source: str) -> dict[str, int]:
+    """`chat=2,auth=2` -> {"chat": 2, "auth": 2}; `source` names where it came from."""
+    counts: dict[str, int] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = (part.strip() for part in item.partition("="))
+        name = name.lower()
+        if not sep or name not in REPLICABLE or not value.isdigit() or \
+                not 1 <= int(value) <= MAX_REPLICAS:
+            raise ConfigError(
+                f"{source}: expected SERVICE=N[,SERVICE=N...] with SERVICE one of "
+                f"{', '.join(REPLICABLE)} and N from 1 to {MAX_REPLICAS}, got {item.strip()!r}")
+        counts[name] = int(value)
+    return counts
+
+
+def replica_counts(env: Env, flag: str | None = None) -> dict[str, int]:
+    """Replicas of every service: LLMMESH_REPLICAS, then `--replicas` (`flag`) on top."""
+    counts = dict.fromkeys(REPLICABLE, 1)
+    counts.update(parse_replicas(env.text("LLMMESH_REPLICAS", ""), "LLMMESH_REPLICAS"))
+    if flag is not None:
+        counts.update(parse_replicas(flag, "--replicas"))
+    if counts["document"] > 1 and env.optional("LLMMESH_CHROMA_HOST") is None:
+        raise ConfigError(f"{counts['document']} replicas of document need "
+                          "LLMMESH_CHROMA_HOST: the embedded Chroma store may only be "
+                          "opened by one process")
+    return counts
+
+
+def replica_ports(env: Env, service: str, port: int, metrics_port: int,
+                  count: int) -> list[tuple[int, int]]:
+    """(port, metrics port) of each of `count` replicas; the first is the service's own.
+    A metrics port of 0 (none) stays 0."""
+    prefix = f"LLMMESH_{service.upper()}"
+
+    def listed(name: str, first: int) -> list[int]:
+        raw = env.text(name, "")
+        if not raw:
+            return [first + i * REPLICA_PORT_STRIDE if first else 0 for i in range(count)]
+        values = [value.strip() for value in raw.split(",") if value.strip()]
+        if len(values) < count - 1 or not all(
+                value.isdigit() and 0 < int(value) < 65536 for value in values):
+            raise ConfigError(f"{name} must list {count - 1} port(s) (replicas 2 to "
+                              f"{count} of {service}), got {raw!r}")
+        return [first, *(int(value) for value in values[:count - 1])]
+
+    ports = listed(f"{prefix}_REPLICA_PORTS", port)
+    metrics = listed(f"{prefix}_REPLICA_METRICS_PORTS", metrics_port)
+    return list(zip(ports, metrics, strict=True))
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host  # noqa: S104
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def stop_groups(names: list[str]) -> list[list[str]]:
@@ -99,7 +206,8 @@ def stop_groups(names: list[str]) -> list[list[str]]:
 class Mesh:
     """The processes of one local mesh."""
 
-    def __init__(self, env: dict[str, str], out: IO[str] = sys.stdout) -> None:
+    def __init__(self, env: dict[str, str], out: IO[str] = sys.stdout,
+                 replicas: str | None = None) -> None:
         self.env = env
         self.out = out
         reader = Env(env)
@@ -113,11 +221,17 @@ class Mesh:
         self.restart_limit = reader.integer("LLMMESH_RESTART_LIMIT", 5, minimum=1)
         self.restart_window = reader.number("LLMMESH_RESTART_WINDOW_SECONDS", 60.0)
         self.service_grace = (reader.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0)
+                              + reader.number("LLMMESH_DRAIN_DELAY_SECONDS",
+                                              REPLICA_DRAIN_DELAY_SECONDS)
                               + STOP_MARGIN_SECONDS)
         # Decided here, once, and passed on: what the banner shows is what runs.
         self.workers = {name: service_workers(reader, name) for name in SERVICES}
         for name, count in self.workers.items():
             self.env[f"LLMMESH_{name.upper()}_WORKERS"] = str(count)
+        # `replicas`: the --replicas flag, over LLMMESH_REPLICAS.
+        self.replicas = replica_counts(reader, replicas)
+        # Callers given each peer's replica list so far: rotates the list per caller.
+        self._callers: dict[str, int] = {}
 
     def say(self, line: str) -> None:
         print(f"llmmesh: {line}", file=self.out, flush=True)
@@ -146,28 +260,84 @@ class Mesh:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         host = reader.text("LLMMESH_LISTEN_HOST", "127.0.0.1")
-        services = []
+        connect = _connect_host(host)
+        # Every replica's (port, metrics port), then its peers' gRPC targets.
+        layout: dict[str, list[tuple[int, int]]] = {}
         for name in SERVICES:
             where = endpoint(reader, name, host)
-            services.append(self._service(name, f"services.{name}", where.address,
-                                          where.metrics_port, logs, self.workers[name]))
+            layout[name] = replica_ports(reader, name, where.port, where.metrics_port,
+                                         self.replicas[name])
+        targets = {name: [f"{connect}:{port}" for port, _ in ports]
+                   for name, ports in layout.items() if len(ports) > 1}
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        for child in services:
-            child.ready(child, deadline)
+        # Replica 1 of each service first (the single process, without replicas), the
+        # others once it is healthy.
+        for wave in (slice(0, 1), slice(1, None)):
+            started = []
+            for name in SERVICES:
+                count = len(layout[name])
+                for index, (port, metrics) in list(enumerate(layout[name]))[wave]:
+                    address = (endpoint(reader, name, host).address if count == 1
+                               else f"{connect}:{port}")
+                    started.append(self._service(
+                        self._replica_name(name, index, count), f"services.{name}",
+                        address, metrics, logs, self.workers[name], service=name,
+                        env=self._replica_env(name, port, metrics, targets)))
+            for child in started:
+                child.ready(child, deadline)
         metrics_port = reader.integer("LLMMESH_RATELIMIT_METRICS_PORT", RATELIMIT_METRICS_PORT,
                                       minimum=0, maximum=65535)
-        limiter = self._service("ratelimit", "gateway.ratelimit",
-                                ratelimit_address(reader, host), metrics_port, logs)
-        limiter.ready(limiter, deadline)
-        self._start_edge(EdgeConfig.from_env(reader), logs, deadline)
+        first_port = reader.integer("LLMMESH_RATELIMIT_PORT", RATELIMIT_PORT, minimum=0,
+                                    maximum=65535)
+        count = self.replicas[RATELIMIT]
+        limiters = []
+        for index, (port, metrics) in enumerate(replica_ports(
+                reader, RATELIMIT, first_port, metrics_port, count)):
+            own = {"LLMMESH_RATELIMIT_PORT": str(port),
+                   "LLMMESH_RATELIMIT_METRICS_PORT": str(metrics)}
+            limiters.append(self._service(
+                self._replica_name(RATELIMIT, index, count), "gateway.ratelimit",
+                ratelimit_address(reader, host) if count == 1 else f"{connect}:{port}",
+                metrics, logs, service=RATELIMIT,
+                env=None if count == 1 else {**self.env, **own}))
+        for child in limiters:
+            child.ready(child, deadline)
+        endpoints = {name: [_host_port(child.address) for child in self.children
+                            if child.service == name]
+                     for name in (*SERVICES, RATELIMIT) if self.replicas[name] > 1}
+        self._start_edge(EdgeConfig.from_env(reader), logs, deadline, endpoints)
 
-    def _start_edge(self, config: EdgeConfig, logs: Path, deadline: float) -> None:
-        """Envoy, last: once everything it calls is up."""
+    @staticmethod
+    def _replica_name(service: str, index: int, count: int) -> str:
+        return service if count == 1 else f"{service}-{index + 1}"
+
+    def _replica_env(self, service: str, port: int, metrics_port: int,
+                     targets: dict[str, list[str]]) -> dict[str, str]:
+        """The environment of one replica of `service`: its own ports, and for each peer
+        that runs as replicas an `ipv4:` target of all of them, rotated per caller."""
+        prefix = f"LLMMESH_{service.upper()}"
+        env = {**self.env, f"{prefix}_PORT": str(port),
+               f"{prefix}_METRICS_PORT": str(metrics_port)}
+        if service in targets:  # several replicas behind Envoy's health checks
+            env.setdefault("LLMMESH_DRAIN_DELAY_SECONDS", str(REPLICA_DRAIN_DELAY_SECONDS))
+        for peer in PEERS.get(service, ()):
+            if peer in targets:
+                ring = targets[peer]
+                shift = self._callers.get(peer, 0) % len(ring)
+                self._callers[peer] = shift + 1
+                rotated = ring[shift:] + ring[:shift]
+                env[f"LLMMESH_{peer.upper()}_ADDRESS"] = "ipv4:" + ",".join(rotated)
+        return env
+
+    def _start_edge(self, config: EdgeConfig, logs: Path, deadline: float,
+                    replicas: dict[str, list[tuple[str, int]]] | None = None) -> None:
+        """Envoy, last: once everything it calls is up. `replicas`: every endpoint of a
+        service that runs as several replicas."""
         target = deployment.local(
             LLMMESH_SPEC, str(self.data_dir / "envoy"), listener_port=config.port,
             admin_port=config.admin_port, upstreams=config.upstreams,
             ratelimit=config.ratelimit, listen_address=config.listen_host,
-            cors_origins=config.cors_origins)
+            cors_origins=config.cors_origins, replicas=replicas)
         log_path = logs / "edge.log"
 
         def spawn() -> subprocess.Popen[bytes]:
@@ -190,19 +360,22 @@ class Mesh:
         child.ready(child, deadline)
 
     def _service(self, name: str, module: str, address: str, metrics_port: int,
-                 logs: Path, workers: int = 1) -> Child:
-        """A Python service on `address` (`workers` processes), spawned, not yet waited
+                 logs: Path, workers: int = 1, *, service: str = "",
+                 env: dict[str, str] | None = None) -> Child:
+        """A Python service (or one replica of it, `name` of `service`) on `address`
+        (`workers` processes), spawned in a process group of its own, not yet waited
         for: health SERVING on `address` means all of them are up."""
         log_path = logs / f"{name}.log"
+        child_env = self.env if env is None else env
 
         def spawn() -> subprocess.Popen[bytes]:
             with open(log_path, "ab") as log:
                 return subprocess.Popen(  # noqa: S603 — our own interpreter and module
-                    [sys.executable, "-m", module], env=self.env,
+                    [sys.executable, "-m", module], env=child_env,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
         child = Child(name, address, metrics_port, log_path, spawn, self._wait_serving,
-                      self.service_grace, workers=workers)
+                      self.service_grace, workers=workers, service=service)
         self.children.append(child)
         child.process = child.spawn()
         return child
@@ -317,9 +490,12 @@ class Mesh:
     def stop(self) -> None:
         """Stop in dependency order: each group SIGTERMed and waited for (up to each
         child's grace, then SIGKILL) before the next group gets its signal."""
-        by_name = {child.name: child for child in self.children}
-        for group in stop_groups(list(by_name)):
-            members = [by_name[name] for name in group if by_name[name].running()]
+        by_service: dict[str, list[Child]] = {}
+        for child in self.children:
+            by_service.setdefault(child.service, []).append(child)
+        for group in stop_groups(list(by_service)):
+            members = [child for name in group for child in by_service[name]
+                       if child.running()]
             for child in members:
                 assert child.process is not None
                 self.say(f"stopping {child.name}")
@@ -353,9 +529,15 @@ def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mesh", description=__doc__.split("\n\n")[0]
+                                     if __doc__ else None)
+    parser.add_argument("--replicas", metavar="SERVICE=N[,SERVICE=N...]",
+                        help="run services as N replicas each behind Envoy, e.g. "
+                             "chat=2,auth=2 (also LLMMESH_REPLICAS; this wins per service)")
+    args = parser.parse_args(argv)
     try:
-        mesh = Mesh(dict(os.environ))
+        mesh = Mesh(dict(os.environ), replicas=args.replicas)
     except ValueError as error:  # ConfigError: a setting the launcher reads itself
         print(f"llmmesh failed to start: {error}", file=sys.stderr)
         return 1

@@ -46,12 +46,16 @@ class LocalRedis:
     START_ATTEMPTS = 5
 
     def __init__(self, data_dir: Path, port: int = 0, *, persistent: bool = True,
-                 binary: Path | None = None) -> None:
+                 binary: Path | None = None, cluster_enabled: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port
         self._choose_port = port == 0
         self.persistent = persistent
         self.binary = binary or find_redis_server()
+        # Cluster mode (see mesh/redis_cluster.py): the cluster bus gets a free port of
+        # its own (not port + 10000, which may be taken or out of range).
+        self.cluster_enabled = cluster_enabled
+        self.cluster_bus_port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +75,7 @@ class LocalRedis:
         for attempt in range(attempts):
             if self._choose_port:
                 self.port = free_port()
+                self.cluster_bus_port = 0
             try:
                 self._start_once(timeout)
                 return
@@ -87,6 +92,11 @@ class LocalRedis:
         args = [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
                 "--dir", str(self.data_dir), "--protected-mode", "yes",
                 "--save", "", "--appendonly", "yes" if self.persistent else "no"]
+        if self.cluster_enabled:
+            if not self.cluster_bus_port:
+                self.cluster_bus_port = free_port()
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-port", str(self.cluster_bus_port)]
         log_path = self.data_dir / "server.log"
         log = open(log_path, "ab")  # noqa: SIM115 — owned by the process
         # A session of its own: a Ctrl-C in the terminal reaches the launcher only, which

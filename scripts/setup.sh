@@ -98,4 +98,26 @@ if [[ $dev == 1 ]]; then
     npm ci --no-audit --no-fund --loglevel=error
     echo "$npm_hash" > "$npm_stamp"
   fi
+  # tests/web/test_chat_page.py drives the web chat page in a real headless Chromium
+  # through Selenium: Debian's chromium and chromium-driver (no browser download).
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_get=()
+    if [[ $(id -u) == 0 ]]; then
+      apt_get=(apt-get)
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      apt_get=(sudo -n apt-get)
+    fi
+    if [[ ${#apt_get[@]} == 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+      echo "setup: the browser test needs chromium and chromium-driver; install them" \
+        "(Debian/Ubuntu: sudo apt-get install -y --no-install-recommends chromium" \
+        "chromium-driver) and run this again" >&2
+      exit 1
+    fi
+    echo "setup: installing chromium and chromium-driver (apt)"
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends \
+      chromium chromium-driver >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" update >/dev/null \
+           && DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y \
+                --no-install-recommends chromium chromium-driver >/dev/null; }
+  fi
 fi

@@ -10,6 +10,9 @@ import pytest
 from llmmesh.auth.v1 import auth_pb2_grpc, quota_pb2_grpc
 from llmmesh.document.v1 import document_pb2_grpc
 from llmmesh.embedding.v1 import embedding_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mesh.redis_server import LocalRedis
 from services.auth.config import AuthConfig
@@ -18,6 +21,7 @@ from services.document.config import DocumentConfig
 from services.document.server import create_server as create_document_server
 from services.embedding.config import EmbeddingConfig
 from services.embedding.server import create_server as create_embedding_server
+from services.runtime import tracing
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.helpers import LoggedIn, register_and_login
@@ -135,6 +139,21 @@ async def document_stub(document_address: str) -> AsyncIterator[
         document_pb2_grpc.DocumentServiceStub]:
     async with grpc.aio.insecure_channel(document_address) as channel:
         yield document_pb2_grpc.DocumentServiceStub(channel)
+
+
+@pytest.fixture
+def traces() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for one test, every in-process service's spans kept in memory (the
+    services read the tracer at each call: no global provider is set)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_provider(None)
+        provider.shutdown()
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from gateway.config import (
     RateLimitServiceConfig,
 )
 from gateway.deployment import COMPOSE_CONFIG_DIR as ENVOY_DIR
-from gateway.deployment import LISTENER_PORT, STATS_PORT
-from gateway.envoy_config import RATELIMIT_CLUSTER
+from gateway.deployment import COMPOSE_OTLP_COLLECTOR, LISTENER_PORT, STATS_PORT
+from gateway.envoy_config import OTLP_CLUSTER, RATELIMIT_CLUSTER
 from gateway.envoy_process import envoy_binary
 from gateway.spec import LLMMESH_SPEC
 from services.auth.config import AuthConfig
@@ -562,6 +562,10 @@ def test_envoy_clusters_are_the_compose_services_and_ports(
         if host in app_services:
             assert port == effective_ports(app_services[host],
                                            environment(compose["services"][host]))[0]
+        elif name == OTLP_CLUSTER:  # Envoy's spans go to the trace collector's OTLP port
+            assert (host, port) == COMPOSE_OTLP_COLLECTOR
+            collector = environment(compose["services"][host])
+            assert collector.get("COLLECTOR_OTLP_ENABLED", "").lower() == "true"
         else:
             _, grpc_port, _ = GATEWAY_SERVICES[host]
             assert port == grpc_port, f"cluster {name}: {host} listens on {grpc_port}"

@@ -22,6 +22,12 @@ Failures stay per request: a Redis error for the whole call (connection lost, ti
 a refused script) fails every request of the batch, each with its own copy of the error;
 an error on one key (e.g. an increment that would overflow) fails only the requests that
 touched it (their other keys are still counted, as one call per request would have).
+
+On Redis Cluster a script call may only touch keys of one hash slot: a flush then sends
+one script call per slot its keys fall in, concurrently, each with its keys in queue
+order, so every counter still counts in arrival order and the counts stay exact. A
+request whose keys span slots gets its counts from several calls; an error of one call
+fails the requests with a key in it (their keys in other slots are still counted).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
+
+from services.runtime.redis_client import RedisClient
 
 # KEYS: the counters; ARGV[1]: "<hits>:<window seconds>" for each key, space-separated.
 # Replies with the new counts, comma-separated ("e" where a key's INCRBY failed): one
@@ -81,13 +89,14 @@ class _Waiting:
 class BatchedCounter:
     """Counts increments in Redis, one script call per batch of concurrent requests."""
 
-    def __init__(self, redis: Redis, *, flush_interval: float = FLUSH_INTERVAL_SECONDS,
+    def __init__(self, redis: RedisClient, *, flush_interval: float = FLUSH_INTERVAL_SECONDS,
                  max_in_flight: int = MAX_IN_FLIGHT,
                  max_batch_keys: int = MAX_BATCH_KEYS) -> None:
         if max_in_flight < 1 or max_batch_keys < 1 or flush_interval < 0:
             raise ValueError("max_in_flight and max_batch_keys must be at least 1, "
                              "flush_interval not negative")
         self._script = redis.register_script(_SCRIPT)
+        self._cluster = redis if isinstance(redis, RedisCluster) else None
         self._flush_interval = flush_interval
         self._max_in_flight = max_in_flight
         self._max_batch_keys = max_batch_keys
@@ -96,7 +105,8 @@ class BatchedCounter:
         self._last_flush = float("-inf")
         self._under_load = False
         self._batches: set[asyncio.Task[None]] = set()
-        self.batches_sent = 0  # script calls so far
+        self.batches_sent = 0  # batches so far (one script call each on one server)
+        self.script_calls = 0  # on a cluster, a batch makes one per hash slot it touches
 
     async def count(self, increments: Sequence[Increment]) -> list[int]:
         """The counts after adding each increment, in order.
@@ -155,36 +165,68 @@ class BatchedCounter:
         self._schedule_flush(task.get_loop())
 
     async def _send(self, batch: list[_Waiting]) -> None:
-        keys = [increment.key for waiting in batch for increment in waiting.increments]
-        spec = " ".join(f"{increment.hits}:{increment.window_seconds}"
-                        for waiting in batch for increment in waiting.increments)
+        increments = [increment for waiting in batch for increment in waiting.increments]
+        # Per increment: its count ("e": the key could not be incremented), or the error
+        # of the script call that carried it.
+        outcomes: list[str | Exception]
         try:
-            reply = await self._script(keys=keys, args=[spec])
+            if self._cluster is None:
+                outcomes = await self._call(increments)
+            else:
+                outcomes = await self._call_per_slot(self._cluster, increments)
         except asyncio.CancelledError:
             for waiting in batch:
                 waiting.future.cancel()
             raise
-        except Exception as error:  # noqa: BLE001 — handed to every request of the batch
-            for waiting in batch:
-                _fail(waiting.future, error)
-            return
-        counts = str(reply).split(",")
-        if len(counts) != len(keys):
-            mismatch = ResponseError(f"the count script answered {len(counts)} counts "
-                                     f"for {len(keys)} keys")
-            for waiting in batch:
-                _fail(waiting.future, mismatch)
-            return
         start = 0
         for waiting in batch:
             end = start + len(waiting.increments)
-            mine = counts[start:end]
+            mine = outcomes[start:end]
             start = end
-            if "e" in mine:
+            error = next((o for o in mine if isinstance(o, Exception)), None)
+            if error is not None:
+                _fail(waiting.future, error)
+            elif "e" in mine:
                 _fail(waiting.future, ResponseError("a rate limit counter could not be "
                                                     "incremented (not an integer, or overflow)"))
             elif not waiting.future.done():  # done: the caller went away
-                waiting.future.set_result([int(count) for count in mine])
+                waiting.future.set_result([int(str(count)) for count in mine])
+
+    async def _call(self, increments: Sequence[Increment]) -> list[str | Exception]:
+        """One script call: a count per increment, or the call's error for each."""
+        spec = " ".join(f"{increment.hits}:{increment.window_seconds}"
+                        for increment in increments)
+        self.script_calls += 1
+        try:
+            reply = await self._script(keys=[increment.key for increment in increments],
+                                       args=[spec])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 — handed to every request it carried
+            return [error] * len(increments)
+        counts: list[str | Exception] = list(str(reply).split(","))
+        if len(counts) != len(increments):
+            mismatch = ResponseError(f"the count script answered {len(counts)} counts "
+                                     f"for {len(increments)} keys")
+            return [mismatch] * len(increments)
+        return counts
+
+    async def _call_per_slot(self, cluster: RedisCluster,
+                             increments: Sequence[Increment]) -> list[str | Exception]:
+        """On a cluster, one script call per hash slot of the batch, all at once; each
+        call keeps the queue order of its keys, so every count is still exact."""
+        slots: dict[int, list[int]] = {}
+        for position, increment in enumerate(increments):
+            slots.setdefault(cluster.keyslot(increment.key), []).append(position)
+        if len(slots) == 1:
+            return await self._call(increments)
+        replies = await asyncio.gather(*(
+            self._call([increments[p] for p in positions]) for positions in slots.values()))
+        outcomes: list[str | Exception] = [""] * len(increments)
+        for positions, reply in zip(slots.values(), replies, strict=True):
+            for position, outcome in zip(positions, reply, strict=True):
+                outcomes[position] = outcome
+        return outcomes
 
 
 def _fail(future: asyncio.Future[list[int]], error: Exception) -> None:

@@ -5,8 +5,9 @@ Every limited descriptor has one counter per window:
 two descriptors share a key. A request's counters are incremented together by
 BatchedCounter, atomically in one Redis script with those of the requests that arrived
 at the same time, so concurrent requests never read the same count and no burst gets past
-a limit. (In Redis Cluster the keys of one batch would need one hash slot; a single Redis
-or a replicated primary is assumed.)
+a limit. On Redis Cluster each counter lives in the slot of its own key (no hash tag: the
+counters of one descriptor spread over the cluster window by window), and BatchedCounter
+sends a batch as one script call per slot.
 """
 
 from __future__ import annotations

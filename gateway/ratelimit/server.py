@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from redis.asyncio import Redis
 
 from gateway.config import RateLimitServiceConfig
 from gateway.ratelimit.counter import BatchedCounter
@@ -22,6 +21,7 @@ from gateway.ratelimit.rules import RateLimitRules
 from gateway.ratelimit.servicer import RateLimitServicer
 from services.runtime.authn import AccessPolicy, service_methods
 from services.runtime.jwt_verify import JwksCache, JwtVerifier
+from services.runtime.redis_client import redis_client
 from services.runtime.server import MeshServer, ServiceSpec
 
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
@@ -31,9 +31,10 @@ POLICY = AccessPolicy.build(public=service_methods(SERVICE, ["ShouldRateLimit"])
 def create_server(config: RateLimitServiceConfig) -> MeshServer:
     """The rate limit server, unstarted (`await server.start()` returns the port)."""
     rules = RateLimitRules.load(config.rules_path)
-    redis = Redis.from_url(config.runtime.redis_url, decode_responses=True,
-                           socket_timeout=config.redis_timeout_seconds,
-                           socket_connect_timeout=config.redis_timeout_seconds)
+    redis = redis_client(config.runtime.redis_url,  # one server or a cluster
+                         socket_timeout=config.redis_timeout_seconds,
+                         socket_connect_timeout=config.redis_timeout_seconds,
+                         health_check_interval=0)
     counter = BatchedCounter(redis)
     limiter = FixedWindowLimiter(counter, rules, prefix=config.key_prefix)
     servicer = RateLimitServicer(limiter, config.redis_failure)
@@ -55,9 +56,14 @@ def create_server(config: RateLimitServiceConfig) -> MeshServer:
 
 
 def main() -> None:
+    from services.runtime import tracing
     from services.runtime.logs import configure_logging
     from services.runtime.server import serve_until_signalled
 
     config = RateLimitServiceConfig.from_env()
     configure_logging("ratelimit", config.runtime.log_level)
-    asyncio.run(serve_until_signalled(lambda: create_server(config)))
+    tracing.configure("ratelimit")  # OTEL_* variables; off without an exporter
+    try:
+        asyncio.run(serve_until_signalled(lambda: create_server(config)))
+    finally:
+        tracing.shutdown()

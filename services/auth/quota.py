@@ -24,14 +24,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
 from services.runtime.errors import (
     FailedPrecondition,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
 )
+from services.runtime.redis_client import RedisClient
 
 MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _RESERVATION_PATTERN = re.compile(r"^([0-9a-f]{32})\.(\d{4}-\d{2})\.([A-Za-z0-9_-]{16,})$")
@@ -184,7 +183,8 @@ def current_month(now: datetime | None = None) -> str:
 class QuotaLedger:
     """Atomic quota operations for every user and month."""
 
-    def __init__(self, redis: Redis, default_limit: int, reservation_ttl_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, default_limit: int,
+                 reservation_ttl_seconds: int) -> None:
         self._redis = redis
         self._default_limit = default_limit
         self._ttl_ms = reservation_ttl_seconds * 1000

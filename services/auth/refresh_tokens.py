@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from services.runtime.redis_client import RedisClient
 
 _TOKEN_PATTERN = re.compile(r"^rt_([A-Za-z0-9_-]{16,64})\.([A-Za-z0-9_-]{32,128})$")
 
@@ -69,7 +69,7 @@ class RefreshRefused(Exception):
 class RefreshTokenStore:
     """Issues, rotates and revokes refresh tokens."""
 
-    def __init__(self, redis: Redis, ttl_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, ttl_seconds: int) -> None:
         self._ttl = ttl_seconds
         self._issue = redis.register_script(_ISSUE)
         self._rotate = redis.register_script(_ROTATE)

@@ -10,9 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from services.runtime.redis_client import text, text_hash
+from services.runtime.redis_client import RedisClient, text, text_hash
 
 _PREFIX = "auth:{users}"
 
@@ -47,7 +45,7 @@ class DuplicateUser(Exception):
 class UserStore:
     """Creates and reads users (on a client with `decode_responses=True`)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._create = redis.register_script(_CREATE)
 

@@ -18,11 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from services.chat.events import Source, Usage
 from services.chat.prompts import HistoryMessage
-from services.runtime.redis_client import scored_members, text_hash
+from services.runtime.redis_client import RedisClient, scored_members, text_hash
 
 TITLE_CHARS = 60
 
@@ -96,7 +94,7 @@ def _now_ms() -> int:
 class ConversationStore:
     """A user's conversations: read history, append completed turns, list, delete."""
 
-    def __init__(self, redis: Redis, retention_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, retention_seconds: int) -> None:
         self._redis = redis
         self._retention = retention_seconds
         self._append = redis.register_script(_APPEND)

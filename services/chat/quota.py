@@ -26,6 +26,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 
+from services.runtime import tracing
 from services.runtime.authn import SERVICE_TOKEN_HEADER
 from services.runtime.context import remaining_deadline, request_id_var, servicer_context_var
 from services.runtime.errors import Unavailable
@@ -189,6 +190,7 @@ class QuotaClient:
         metadata = [(REQUEST_ID_HEADER, request_id)] if request_id else []
         if self._service_token:
             metadata.append((SERVICE_TOKEN_HEADER, self._service_token))
+        tracing.inject_into(metadata)  # the trace goes on in auth (no client span here)
         return {"timeout": timeout, "metadata": metadata}
 
     def _close(self, hold: Hold) -> None:

@@ -17,6 +17,7 @@ all the same, marked not stored: the answer was delivered and charged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -46,6 +47,7 @@ from services.chat.relay import DeltaRelay
 from services.chat.retrieval import DocumentSearch
 from services.chat.tokens import count_prompt_tokens, estimate_prompt_tokens, tokens_in_bytes
 from services.chat.validation import TurnRequest, validate_turn
+from services.runtime import tracing
 from services.runtime.context import request_id_var
 from services.runtime.errors import Internal, LlmmeshError, NotFound
 from services.runtime.provider_errors import provider_error
@@ -264,36 +266,75 @@ class ChatEngine:
 
     async def _invoke(self, turn: PreparedTurn) -> BaseMessage:
         """The model's whole answer, from one non-streamed call."""
-        if not turn.model.gated:
-            await provider_gate.wait_for_gate()
-        return await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+        with self._model_span(turn, streamed=False) as span:
+            if not turn.model.gated:
+                await provider_gate.wait_for_gate()
+            message = await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+            if span.is_recording():
+                answered = Generation()
+                answered.observe(message)
+                text = message.content if isinstance(message.content, str) else ""
+                answered.deliver(text)
+                self._traced_usage(span, turn, answered)
+            return message
 
     async def _read(self, turn: PreparedTurn) -> None:
         """Read the model's stream into the turn's relay, growing the hold ahead of
         the text."""
         generation, relay = turn.generation, turn.relay
         try:
-            if not turn.model.gated:
-                await provider_gate.wait_for_gate()
-            stream = turn.model.model.astream(turn.messages, **turn.call_options)
-            # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
-            # at once when this task is cancelled, so the provider's request stops too.
-            assert isinstance(stream, AsyncGenerator)
-            async with aclosing(stream) as chunks:
-                async for chunk in chunks:
-                    text = chunk.content if isinstance(chunk.content, str) else ""
-                    if text:
-                        accepted = generation.accepted_bytes + len(text.encode("utf-8"))
-                        needed = turn.prompt_estimate + tokens_in_bytes(accepted)
-                        if needed > turn.hold.tokens and not await self._grow(
-                                turn, needed, generation):
-                            generation.finish = FinishReason.QUOTA_EXHAUSTED
-                            break
-                        generation.accepted_bytes = accepted
-                        relay.put(text)
-                    generation.observe(chunk)
+            with self._model_span(turn, streamed=True) as span:
+                try:
+                    await self._stream_into(turn, generation, relay)
+                finally:
+                    self._traced_usage(span, turn, generation)
         finally:
             relay.close()
+
+    async def _stream_into(self, turn: PreparedTurn, generation: Generation,
+                           relay: DeltaRelay) -> None:
+        if not turn.model.gated:
+            await provider_gate.wait_for_gate()
+        stream = turn.model.model.astream(turn.messages, **turn.call_options)
+        # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
+        # at once when this task is cancelled, so the provider's request stops too.
+        assert isinstance(stream, AsyncGenerator)
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                text = chunk.content if isinstance(chunk.content, str) else ""
+                if text:
+                    accepted = generation.accepted_bytes + len(text.encode("utf-8"))
+                    needed = turn.prompt_estimate + tokens_in_bytes(accepted)
+                    if needed > turn.hold.tokens and not await self._grow(
+                            turn, needed, generation):
+                        generation.finish = FinishReason.QUOTA_EXHAUSTED
+                        break
+                    generation.accepted_bytes = accepted
+                    relay.put(text)
+                generation.observe(chunk)
+
+    @staticmethod
+    def _model_span(turn: PreparedTurn, *, streamed: bool
+                    ) -> contextlib.AbstractContextManager[tracing.Span]:
+        """The model call's span (GenAI conventions; non-recording while tracing is off)."""
+        if tracing.tracer() is None:
+            return contextlib.nullcontext(tracing.INVALID_SPAN)
+        spec = turn.model.spec
+        model = spec.model or spec.id
+        attributes = tracing.model_attributes("chat", spec.provider, model)
+        attributes[tracing.GEN_AI_REQUEST_MAX_TOKENS] = turn.max_tokens
+        attributes[tracing.GEN_AI_REQUEST_STREAM] = streamed
+        temperature = turn.call_options.get("temperature")
+        if temperature is not None:
+            attributes[tracing.GEN_AI_REQUEST_TEMPERATURE] = temperature
+        return tracing.span(f"chat {model}", attributes, kind=tracing.SpanKind.CLIENT)
+
+    def _traced_usage(self, span: tracing.Span, turn: PreparedTurn,
+                      generation: Generation) -> None:
+        if span.is_recording():
+            usage = self._usage(turn, generation)
+            tracing.record_usage(span, usage.prompt_tokens, usage.completion_tokens,
+                                 [generation.finish.value])
 
     async def _finish(self, turn: PreparedTurn, generation: Generation,
                       started_ms: int) -> AsyncGenerator[Event, None]:

@@ -5,11 +5,18 @@ user's chunks; every chunk still carries user_id, collection, document_id,
 chunk_index and filename, and `created_at` (wall-clock seconds when it was stored: the
 orphan janitor's age). Chroma's client is synchronous: calls run on a small
 thread pool so the event loop keeps serving.
+
+With a Chroma server (`host`), a server that cannot be reached (refused, dropped, timed
+out) answers UNAVAILABLE with RetryInfo, reason STORAGE_UNAVAILABLE, as Redis does, and
+is logged as an outage (rate-limited), not as a bug. A server not up yet when the service
+starts is connected to on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
+from services.runtime.errors import Unavailable
+from services.runtime.storage_errors import (
+    STORAGE_RETRY_SECONDS,
+    STORAGE_UNAVAILABLE_REASON,
+    OutageWarner,
+)
+
 if TYPE_CHECKING:  # chromadb is imported when a store is made (it is slow to import)
     from chromadb import Collection, QueryResult
     from chromadb.api import ClientAPI
     from chromadb.api.types import PyEmbeddings
     from chromadb.base_types import InclusionExclusionOperator, LiteralValue, Metadata, Where
+
+log = logging.getLogger("llmmesh.document.chunks")
 
 _T = TypeVar("_T")
 USER_COLLECTION_PREFIX = "user_"
@@ -43,21 +59,49 @@ class ChunkStore:
 
     def __init__(self, path: Path, host: str | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
-        import chromadb
-        from chromadb.config import Settings
-
-        settings = Settings(anonymized_telemetry=False)
-        self._client: ClientAPI
-        if host:
-            hostname, _, port = host.rpartition(":")
-            self._client = chromadb.HttpClient(host=hostname, port=int(port), settings=settings)
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            self._client = chromadb.PersistentClient(path=str(path), settings=settings)
-        self._max_batch = int(self._client.get_max_batch_size())
+        self._path = path
+        self._host = host
+        self._client_: ClientAPI | None = None
+        self._max_batch = 0
+        self._connecting = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chroma")
         self._collections: dict[str, Collection] = {}
         self._clock = clock
+        self._outage = OutageWarner(log)
+        if not host:  # a directory that cannot be used is a configuration error: fail now
+            path.mkdir(parents=True, exist_ok=True)
+            self._connect()
+            return
+        try:
+            self._connect()
+        except Exception as error:
+            if _unreachable(error) is None:
+                raise
+            log.warning("Chroma server %s is not reachable yet (%s); connecting on first use",
+                        host, error)
+
+    def _connect(self) -> ClientAPI:
+        """The Chroma client, made on first success (called on the pool after start-up)."""
+        with self._connecting:
+            if self._client_ is None:
+                import chromadb
+                from chromadb.config import Settings
+
+                settings = Settings(anonymized_telemetry=False)
+                client: ClientAPI
+                if self._host:
+                    hostname, _, port = self._host.rpartition(":")
+                    client = chromadb.HttpClient(host=hostname, port=int(port),
+                                                 settings=settings)
+                else:
+                    client = chromadb.PersistentClient(path=str(self._path), settings=settings)
+                self._max_batch = int(client.get_max_batch_size())
+                self._client_ = client
+            return self._client_
+
+    @property
+    def _client(self) -> ClientAPI:
+        return self._client_ or self._connect()
 
     async def add(self, user_id: str, document_id: str, collection: str, filename: str,
                   first_index: int, texts: Sequence[str],
@@ -160,14 +204,39 @@ class ChunkStore:
         return found
 
     async def _run(self, function: Callable[[*_Args], _T], *args: *_Args) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, function,
+                                                                    *args)
+        except Exception as error:
+            unavailable = _unreachable(error)
+            if unavailable is None:
+                raise
+            self._outage.failed("chroma", error)
+            raise unavailable from error
 
     def close(self) -> None:
         """Finish pending calls, then release the Chroma client (files, connections)."""
         self._pool.shutdown(wait=True)
-        # chromadb annotates its client factories `-> ClientAPI`, but they return its
-        # Client, which has close() (ClientAPI does not declare it).
-        self._client.close()  # type: ignore[attr-defined]
+        if self._client_ is not None:
+            # chromadb annotates its client factories `-> ClientAPI`, but they return its
+            # Client, which has close() (ClientAPI does not declare it).
+            self._client_.close()  # type: ignore[attr-defined]
+
+
+def _unreachable(error: BaseException) -> Unavailable | None:
+    """UNAVAILABLE when `error` says the Chroma server cannot be reached now (chromadb
+    raises httpx's transport errors, or a ValueError raised while handling one)."""
+    import httpx
+
+    if not isinstance(error, httpx.TransportError | ValueError):
+        return None
+    if not isinstance(error, httpx.TransportError) and not isinstance(
+            error.__context__, httpx.TransportError):
+        return None
+    return Unavailable("the vector store is temporarily unavailable; retry shortly",
+                       reason=STORAGE_UNAVAILABLE_REASON,
+                       retry_after_seconds=STORAGE_RETRY_SECONDS,
+                       metadata={"storage": "chroma"})
 
 
 def _stamp(meta: Metadata) -> tuple[str, float | None]:

@@ -50,10 +50,22 @@ class DocumentConfig:
             embedding_model=env.text("LLMMESH_DOCUMENT_EMBEDDING_MODEL", ""),
             chroma_path=Path(env.text("LLMMESH_CHROMA_PATH",
                                       str(runtime.data_dir / "chroma"))).resolve(),
-            chroma_host=env.optional("LLMMESH_CHROMA_HOST"),
+            chroma_host=_chroma_host(env.optional("LLMMESH_CHROMA_HOST")),
             # Well above the 15-minute upload timeout: a live ingestion is never swept.
             orphan_age_seconds=env.number("LLMMESH_DOCUMENT_ORPHAN_AGE_SECONDS", 3600.0,
                                           minimum=MIN_ORPHAN_AGE_SECONDS),
             janitor_interval_seconds=env.number("LLMMESH_DOCUMENT_JANITOR_INTERVAL_SECONDS",
                                                 600.0, minimum=1.0),
         )
+
+
+def _chroma_host(value: str | None) -> str | None:
+    """`host:port` of a Chroma server (plain HTTP, as `chroma run` serves), checked now so
+    a typo stops the service at start-up with a clear message."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or "/" in value or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"LLMMESH_CHROMA_HOST must be host:port (e.g. chroma:8000), "
+                          f"not {value!r}")
+    return value

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from services.document.chunk_store import ChunkHit, ChunkStore
 from services.document.ingestion import Embed
 from services.document.records import DocumentRecord, DocumentRecords
+from services.runtime import tracing
 from services.runtime.errors import NotFound
 from services.runtime.names import document_name
 
@@ -52,11 +53,22 @@ class DocumentLibrary:
     async def search(self, user_id: str, query: str, k: int, *, collection: str = "",
                      document_ids: Sequence[str] = (),
                      min_score: float | None = None) -> list[ChunkHit]:
+        with tracing.span("retrieval chroma", {tracing.GEN_AI_OPERATION: "retrieval",
+                                               tracing.GEN_AI_DATA_SOURCE: "chroma"}):
+            return await self._search(user_id, query, k, collection=collection,
+                                      document_ids=document_ids, min_score=min_score)
+
+    async def _search(self, user_id: str, query: str, k: int, *, collection: str,
+                      document_ids: Sequence[str], min_score: float | None) -> list[ChunkHit]:
         (vector,) = await self._embed([query])
         fetch = k + SEARCH_OVERFETCH
         while True:
-            hits = await self._store.query(user_id, vector, fetch,
-                                           collection=collection, document_ids=document_ids)
+            with tracing.span("query chroma", {tracing.DB_SYSTEM: "chromadb",
+                                               tracing.DB_OPERATION: "query"},
+                              kind=tracing.SpanKind.CLIENT) as span:
+                hits = await self._store.query(user_id, vector, fetch, collection=collection,
+                                               document_ids=document_ids)
+                span.set_attribute(tracing.DB_RETURNED_ROWS, len(hits))
             committed = await self._records.committed(
                 user_id, sorted({h.document_id for h in hits}))
             kept = [h for h in hits if h.document_id in committed]

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from services.runtime.redis_client import text, text_hash
+from services.runtime.redis_client import RedisClient, text, text_hash
 
 # KEYS: record, listing, ids, dedupe, coll_docs, coll_chunks, collection listing
 # ARGV: id, collection, filename, content_type, size, chunks, sha256, create_time
@@ -67,7 +65,7 @@ class DocumentRecord:
 class DocumentRecords:
     """Committed documents per user (client with `decode_responses=True`)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._commit = redis.register_script(_COMMIT)
         self._remove = redis.register_script(_REMOVE)

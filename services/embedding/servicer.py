@@ -6,6 +6,7 @@ import grpc
 from llmmesh.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 
 from services.embedding.registry import ModelRegistry
+from services.runtime import tracing
 from services.runtime.paging import paginate
 
 
@@ -17,7 +18,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                     context: grpc.aio.ServicerContext[
                         embedding_pb2.EmbedRequest, embedding_pb2.EmbedResponse]
                     ) -> embedding_pb2.EmbedResponse:
-        result = await self._registry.embed(list(request.texts), request.model)
+        model = request.model or self._registry.default_model
+        with tracing.span(f"embeddings {model}",
+                          tracing.model_attributes("embeddings", "llmmesh", model)) as span:
+            result = await self._registry.embed(list(request.texts), request.model)
+            if span.is_recording():
+                span.set_attribute(tracing.GEN_AI_PROVIDER, result.model.provider)
+                span.set_attribute(tracing.GEN_AI_SYSTEM, result.model.provider)
+                span.set_attribute(tracing.GEN_AI_RESPONSE_MODEL, result.model.model_id)
+                span.set_attribute(tracing.GEN_AI_EMBEDDING_DIMENSIONS, result.model.dimension)
+                tracing.record_usage(span, result.embedded.tokens)
         return embedding_pb2.EmbedResponse(
             embeddings=[embedding_pb2.Embedding(values=v) for v in result.embedded.vectors],
             model=result.model.model_id,

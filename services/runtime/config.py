@@ -210,6 +210,7 @@ class RuntimeConfig:
     jwks_refetch_interval_seconds: float
     auth_address: str  # auth's own address when this is auth
     shutdown_grace_seconds: float
+    drain_delay_seconds: float = 0.0
     max_concurrent_streams: int = GENEROUS_MAX_CONCURRENT_STREAMS
     workers: int = 1  # processes serving `port` (see services/runtime/workers.py)
     # Set in a worker's own process only: its index, and its link to the supervisor.
@@ -246,6 +247,9 @@ class RuntimeConfig:
             auth_address=(own.address if service == "auth" else peer_address(
                 env, "auth", caller=service, production=production, host=host)),
             shutdown_grace_seconds=env.number("LLMMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
+            # Behind a load balancer that health-checks: keep serving this long after a
+            # SIGTERM while health says NOT_SERVING, so it stops sending new calls first.
+            drain_delay_seconds=env.number("LLMMESH_DRAIN_DELAY_SECONDS", 0.0),
             max_concurrent_streams=env.integer(
                 f"LLMMESH_{service.upper()}_MAX_CONCURRENT_STREAMS",
                 DEFAULT_MAX_CONCURRENT_STREAMS.get(service, GENEROUS_MAX_CONCURRENT_STREAMS),

@@ -13,6 +13,8 @@ the wrapped behaviour authenticates the caller first and then answers INVALID_AR
 (reason MALFORMED_REQUEST) — for a client stream, when the handler reaches that message.
 Storage that cannot answer (Redis down) is UNAVAILABLE with RetryInfo and one rate-limited
 WARNING (services/runtime/storage_errors.py), not INTERNAL with a traceback per call.
+While tracing is on (services/runtime/tracing.py), each call but health and reflection
+gets a SERVER span continuing the caller's W3C trace context, current while it runs.
 Server-streaming calls (not health or reflection) past the process's limit are refused at
 once, before authentication, with UNAVAILABLE + RetryInfo, reason OVERLOADED
 (services/runtime/load_shedding.py); the slot is given back however the call ends.
@@ -34,7 +36,9 @@ from typing import Any, Never, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.trace import Span
 
+from services.runtime import tracing
 from services.runtime.authn import Authenticator
 from services.runtime.context import principal_var, request_id_var, servicer_context_var
 from services.runtime.errors import (
@@ -252,6 +256,7 @@ class _Call:
         self._tokens: list[Token[Any]] = []
         self._counted = False
         self._slot: ConcurrencyLimiter | None = None  # the limiter this call holds a slot of
+        self._span: Span | None = None  # the call's SERVER span, while tracing
         # Every value of each text key: authentication refuses a repeated credential rather
         # than pick one of them.
         self._metadata: dict[str, list[str]] = {}
@@ -264,6 +269,11 @@ class _Call:
         supplied = self._metadata.get(REQUEST_ID_HEADER, [""])[0]
         request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
         self._tokens = [request_id_var.set(request_id), servicer_context_var.set(self.context)]
+        tracer = tracing.tracer()
+        if tracer is not None and not self.method.startswith(_UNLIMITED_PREFIXES):
+            self._span, token = tracing.start_server_span(tracer, self.method, self._metadata,
+                                                          request_id)
+            self._tokens.append(token)
         self._interceptor._metrics.in_flight.labels(self.service, self.method_name).inc()
         self._counted = True
         self.context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
@@ -292,6 +302,8 @@ class _Call:
                 error = unavailable
             else:
                 log.error("unhandled error in %s", self.method, exc_info=error)
+                if self._span is not None:
+                    self._span.record_exception(error)
                 error = Internal(f"internal error (request id {request_id_var.get()})")
         self.code = error.code
         await self.context.abort_with_status(
@@ -315,6 +327,8 @@ class _Call:
             log.log(level, "rpc", extra={"method": self.method, "code": code,
                                          "duration_ms": round(elapsed * 1000, 3),
                                          "caller": principal.subject or principal.kind})
+        if self._span is not None:  # ended after the log line, which names its trace
+            tracing.end_rpc_span(self._span, self.code, server=True)
         for token in reversed(self._tokens):
             # A stream finalised from another context (after the client went away): the
             # values were only ever set in the call's own context, so nothing leaks.

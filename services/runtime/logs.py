@@ -1,4 +1,5 @@
-"""Structured JSON logs on stdout, one object per line, stamped with the request id."""
+"""Structured JSON logs on stdout, one object per line, stamped with the request id and,
+while tracing, the current trace and span ids (services/runtime/tracing.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from opentelemetry import trace
 
 from services.runtime.context import request_id_var
 
@@ -30,6 +33,10 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

@@ -1,5 +1,6 @@
 """Channels to other llmmesh services that forward the caller's identity, request id
-and remaining deadline, and present the service credential."""
+and remaining deadline, and present the service credential. While tracing is on, each
+call gets a CLIENT span, its W3C `traceparent` sent along (services/runtime/tracing.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry.trace import Span
 
+from services.runtime import tracing
 from services.runtime.authn import AUTHORIZATION_HEADER, SERVICE_TOKEN_HEADER
 from services.runtime.context import current_principal, remaining_deadline, request_id_var
 from services.runtime.interceptor import REQUEST_ID_HEADER
@@ -16,6 +19,7 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
+_CallT = TypeVar("_CallT")
 RequestIterator = AsyncIterable[RequestT] | Iterable[RequestT]
 
 
@@ -26,7 +30,8 @@ class _Forwarding:
         self._service_token = service_token
         self._default_timeout = default_timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def _details(self, details: grpc.aio.ClientCallDetails
+                 ) -> tuple[grpc.aio.ClientCallDetails, Span | None]:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         present = {key for key, _ in metadata}
         metadata.add(SERVICE_TOKEN_HEADER, self._service_token)
@@ -40,10 +45,19 @@ class _Forwarding:
         inherited = remaining_deadline()
         if inherited is not None:
             timeout = min(timeout, inherited)
+        tracer = tracing.tracer()
+        span = (None if tracer is None
+                else tracing.start_client_span(tracer, details.method, metadata))
         return grpc.aio.ClientCallDetails(
             method=details.method, timeout=timeout, metadata=metadata,
             credentials=details.credentials, wait_for_ready=details.wait_for_ready,
-        )
+        ), span
+
+    @staticmethod
+    def _traced(call: _CallT, span: Span | None) -> _CallT:
+        if span is not None:
+            tracing.end_when_done(span, call)
+        return call
 
 
 class _UnaryUnary(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
@@ -53,7 +67,8 @@ class _UnaryUnary(_Forwarding, grpc.aio.UnaryUnaryClientInterceptor):
                                Awaitable[grpc.aio.UnaryUnaryCall[RequestT, ResponseT]]],
         details: grpc.aio.ClientCallDetails, request: RequestT,
     ) -> grpc.aio.UnaryUnaryCall[RequestT, ResponseT]:
-        return await continuation(self._details(details), request)
+        forwarded, span = self._details(details)
+        return self._traced(await continuation(forwarded, request), span)
 
 
 class _UnaryStream(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
@@ -63,7 +78,8 @@ class _UnaryStream(_Forwarding, grpc.aio.UnaryStreamClientInterceptor):
                                Awaitable[grpc.aio.UnaryStreamCall[RequestT, ResponseT]]],
         details: grpc.aio.ClientCallDetails, request: RequestT,
     ) -> grpc.aio.UnaryStreamCall[RequestT, ResponseT]:
-        return await continuation(self._details(details), request)
+        forwarded, span = self._details(details)
+        return self._traced(await continuation(forwarded, request), span)
 
 
 class _StreamUnary(_Forwarding, grpc.aio.StreamUnaryClientInterceptor):
@@ -73,7 +89,8 @@ class _StreamUnary(_Forwarding, grpc.aio.StreamUnaryClientInterceptor):
                                Awaitable[grpc.aio.StreamUnaryCall[RequestT, ResponseT]]],
         details: grpc.aio.ClientCallDetails, request_iterator: RequestIterator[RequestT],
     ) -> grpc.aio.StreamUnaryCall[RequestT, ResponseT]:
-        return await continuation(self._details(details), request_iterator)
+        forwarded, span = self._details(details)
+        return self._traced(await continuation(forwarded, request_iterator), span)
 
 
 class _StreamStream(_Forwarding, grpc.aio.StreamStreamClientInterceptor):
@@ -83,7 +100,8 @@ class _StreamStream(_Forwarding, grpc.aio.StreamStreamClientInterceptor):
                                Awaitable[grpc.aio.StreamStreamCall[RequestT, ResponseT]]],
         details: grpc.aio.ClientCallDetails, request_iterator: RequestIterator[RequestT],
     ) -> grpc.aio.StreamStreamCall[RequestT, ResponseT]:
-        return await continuation(self._details(details), request_iterator)
+        forwarded, span = self._details(details)
+        return self._traced(await continuation(forwarded, request_iterator), span)
 
 
 def peer_channel(address: str, service_token: str, *,

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.runtime import workers
+from services.runtime import tracing, workers
 from services.runtime.authn import AccessPolicy, Authenticator
 from services.runtime.config import RuntimeConfig
 from services.runtime.interceptor import MeshInterceptor
@@ -122,14 +122,20 @@ class MeshServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls (health NOT_SERVING), let in-flight ones finish within
-        `grace` seconds, then run the service's cleanups."""
+        """Say NOT_SERVING, then refuse new calls and let in-flight ones finish within
+        `grace` seconds, then run the service's cleanups. Without an explicit `grace`
+        (a signal), new calls are still served for the configured drain delay after
+        health turns NOT_SERVING: a health-checking balancer (Envoy) takes this process
+        out of rotation before its listener closes, so no call sent meanwhile is reset."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        drain = self.config.drain_delay_seconds if grace is None else 0.0
         grace = self.config.shutdown_grace_seconds if grace is None else grace
-        log.info("stopping", extra={"grace_seconds": grace})
+        log.info("stopping", extra={"grace_seconds": grace, "drain_delay_seconds": drain})
         await self._health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         await self._server.stop(grace)
         for cleanup in self.spec.on_stop:
             await cleanup()
@@ -155,7 +161,8 @@ def run_service(load: Callable[[], Config],
                 create: Callable[[Config], MeshServer | Awaitable[MeshServer]]) -> None:
     """A service's `main()`: read its config, log JSON at its level, then serve what
     `create` builds (inside the event loop; a coroutine may load models first) until
-    SIGTERM or SIGINT.
+    SIGTERM or SIGINT. Traces are exported as the OTEL_* variables say (off without an
+    exporter: services/runtime/tracing.py).
 
     With LLMMESH_<SERVICE>_WORKERS above one, this process supervises that many workers
     (this same command, run again) on one port instead, and exits with the supervisor's
@@ -164,14 +171,18 @@ def run_service(load: Callable[[], Config],
     config = load()
     runtime = config.runtime
     configure_logging(runtime.service, runtime.log_level)
-    if runtime.worker_index is not None:
-        workers.label_logs(runtime.worker_index)
-        link = workers.SupervisorLink.from_config(runtime)
-        asyncio.run(serve_until_signalled(lambda: create(config), link=link))
-    elif runtime.workers > 1:
-        sys.exit(workers.supervise(runtime))
-    else:
-        asyncio.run(serve_until_signalled(lambda: create(config)))
+    if runtime.workers > 1 and runtime.worker_index is None:
+        sys.exit(workers.supervise(runtime))  # the workers trace, each its own exporter
+    tracing.configure(runtime.service)  # OTEL_* variables; off without an exporter
+    try:
+        if runtime.worker_index is not None:
+            workers.label_logs(runtime.worker_index)
+            link = workers.SupervisorLink.from_config(runtime)
+            asyncio.run(serve_until_signalled(lambda: create(config), link=link))
+        else:
+            asyncio.run(serve_until_signalled(lambda: create(config)))
+    finally:
+        tracing.shutdown()  # export the spans still buffered
 
 
 class Link(Protocol):

@@ -28,7 +28,7 @@ async def bob(auth_stub):  # type: ignore[no-untyped-def]
     ("latin1.txt", "café crème brûlée".encode("latin-1"), "UNREADABLE_CONTENT"),
     ("blank.md", b"   \n\n\t  \n", "NO_TEXT"),
 ])
-async def test_bad_files_are_refused_and_nothing_is_written(document_stub, bob, data_dir,
+async def test_bad_files_are_refused_and_nothing_is_written(document_stub, bob, chroma,
                                                             filename, content, reason) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await upload(document_stub, bob, filename, content)
@@ -36,11 +36,11 @@ async def test_bad_files_are_refused_and_nothing_is_written(document_stub, bob, 
     assert error_info(caught.value).reason == reason
     assert "content" in field_violations(caught.value)
     assert await document_count(document_stub, bob) == 0
-    assert stored_chunks(data_dir, bob.user_id) == 0
+    assert stored_chunks(chroma, bob.user_id) == 0
 
 
 @pytest.fixture(scope="module")
-async def small_limit_stub(redis_server, data_dir, auth_address, embedding_address):  # type: ignore[no-untyped-def]
+async def small_limit_stub(redis_server, data_dir, auth_address, embedding_address, chroma):  # type: ignore[no-untyped-def]
     """A document server that accepts at most 2,000 bytes."""
     import grpc as grpc_module
     from llmmesh.document.v1 import document_pb2_grpc
@@ -51,7 +51,7 @@ async def small_limit_stub(redis_server, data_dir, auth_address, embedding_addre
     from tests.conftest import document_env
 
     env = document_env(redis_server, data_dir, auth_address, embedding_address,
-                       LLMMESH_DOCUMENT_MAX_UPLOAD_BYTES="2000")
+                       LLMMESH_DOCUMENT_MAX_UPLOAD_BYTES="2000", **chroma.env())
     server = create_server(DocumentConfig.from_env(Env(env)))
     port = await server.start()
     async with grpc_module.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -83,7 +83,7 @@ async def test_exactly_the_limit_is_accepted_one_more_byte_is_not(small_limit_st
     assert await document_count(small_limit_stub, bob) == 2
 
 
-async def test_streamed_upload_stops_at_the_limit(document_stub, bob, data_dir) -> None:
+async def test_streamed_upload_stops_at_the_limit(document_stub, bob, chroma) -> None:
     sent = 0
 
     async def parts():  # type: ignore[no-untyped-def]
@@ -99,7 +99,7 @@ async def test_streamed_upload_stops_at_the_limit(document_stub, bob, data_dir) 
     assert error_info(caught.value).reason == "UPLOAD_TOO_LARGE"
     assert sent < 40  # the server stopped reading; the client never pushed it all
     assert await document_count(document_stub, bob) == 0
-    assert stored_chunks(data_dir, bob.user_id) == 0
+    assert stored_chunks(chroma, bob.user_id) == 0
 
 
 @pytest.mark.parametrize(("messages", "field"), [

@@ -15,7 +15,7 @@ from tests.helpers import LoggedIn
 
 
 async def test_text_upload_is_chunked_stored_and_searchable(document_stub, alice: LoggedIn,
-                                                            data_dir) -> None:
+                                                            chroma) -> None:
     text = "\n\n".join(PARAGRAPHS * 8)  # ~3.6k characters → several 1000/200 chunks
     created = await upload(document_stub, alice, "notes.txt", text, collection="science")
     assert created.name.startswith("documents/")
@@ -23,7 +23,7 @@ async def test_text_upload_is_chunked_stored_and_searchable(document_stub, alice
         "notes.txt", "science", "text/plain")
     assert created.size_bytes == len(text.encode())
     assert created.chunk_count >= 4 and not created.deduplicated
-    assert stored_chunks(data_dir, alice.user_id) == created.chunk_count
+    assert stored_chunks(chroma, alice.user_id) == created.chunk_count
 
     got = await document_stub.GetDocument(document_pb2.GetDocumentRequest(name=created.name),
                                           metadata=alice.metadata)
@@ -40,7 +40,7 @@ async def test_text_upload_is_chunked_stored_and_searchable(document_stub, alice
 
     await document_stub.DeleteDocument(document_pb2.DeleteDocumentRequest(name=created.name),
                                        metadata=alice.metadata)
-    assert stored_chunks(data_dir, alice.user_id) == 0
+    assert stored_chunks(chroma, alice.user_id) == 0
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await document_stub.GetDocument(document_pb2.GetDocumentRequest(name=created.name),
                                         metadata=alice.metadata)
@@ -64,35 +64,35 @@ async def test_markdown_and_pdf_are_recognised_by_content(document_stub, alice) 
     assert "12 percent" in found.results[0].text
 
 
-async def test_identical_content_is_not_stored_twice(document_stub, alice, data_dir) -> None:
+async def test_identical_content_is_not_stored_twice(document_stub, alice, chroma) -> None:
     first = await upload(document_stub, alice, "a.txt", PARAGRAPHS[1], collection="bread")
-    chunks = stored_chunks(data_dir, alice.user_id)
+    chunks = stored_chunks(chroma, alice.user_id)
     second = await upload(document_stub, alice, "copy-of-a.txt", PARAGRAPHS[1],
                           collection="bread")
     assert second.deduplicated and second.name == first.name and second.filename == "a.txt"
-    assert stored_chunks(data_dir, alice.user_id) == chunks
+    assert stored_chunks(chroma, alice.user_id) == chunks
     # The same bytes in another collection are another document.
     other = await upload(document_stub, alice, "a.txt", PARAGRAPHS[1], collection="archive")
     assert other.name != first.name and not other.deduplicated
 
 
 async def test_concurrent_identical_uploads_leave_one_document(document_stub, alice,
-                                                               data_dir) -> None:
+                                                               chroma) -> None:
     text = "\n\n".join(PARAGRAPHS[2:] * 6)
     results = await asyncio.gather(*(upload(document_stub, alice, f"chain-{i}.txt", text)
                                      for i in range(3)))
     assert len({r.name for r in results}) == 1
     assert sum(not r.deduplicated for r in results) == 1
-    assert stored_chunks(data_dir, alice.user_id) == results[0].chunk_count
+    assert stored_chunks(chroma, alice.user_id) == results[0].chunk_count
 
 
-async def test_five_concurrent_uploads_all_land(document_stub, alice, data_dir) -> None:
+async def test_five_concurrent_uploads_all_land(document_stub, alice, chroma) -> None:
     texts = [f"Document number {i}. " + PARAGRAPHS[i % 3] * (3 + i) for i in range(5)]
     created = await asyncio.gather(*(upload(document_stub, alice, f"doc-{i}.txt", t)
                                      for i, t in enumerate(texts)))
     assert len({c.name for c in created}) == 5
     assert await document_count(document_stub, alice) == 5
-    assert stored_chunks(data_dir, alice.user_id) == sum(c.chunk_count for c in created)
+    assert stored_chunks(chroma, alice.user_id) == sum(c.chunk_count for c in created)
 
 
 async def test_listing_pages_newest_first_and_filters_by_collection(document_stub,

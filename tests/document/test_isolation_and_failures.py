@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from services.embedding.server import create_server as create_embedding_server
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.conftest import document_env, mesh_env
-from tests.document.helpers import PARAGRAPHS, document_count, stored_chunks, upload
+from tests.document.helpers import PARAGRAPHS, ChromaStore, document_count, stored_chunks, upload
 from tests.fake_embeddings_provider import DIMENSION, FakeEmbeddingsProvider, running_provider
 from tests.helpers import error_info, eventually, register_and_login
 
@@ -61,7 +62,14 @@ async def flaky() -> AsyncIterator[tuple[FakeEmbeddingsProvider, str]]:
 
 
 @pytest.fixture(scope="module")
-async def flaky_server(flaky, redis_server, data_dir, auth_address) -> AsyncIterator[MeshServer]:
+def flaky_chroma(chroma: ChromaStore, data_dir: Path) -> ChromaStore:
+    """The flaky server's store: a directory of its own, or the same Chroma server."""
+    return chroma if chroma.host else ChromaStore(path=data_dir / "flaky" / "chroma")
+
+
+@pytest.fixture(scope="module")
+async def flaky_server(flaky, redis_server, data_dir, auth_address,
+                       flaky_chroma: ChromaStore) -> AsyncIterator[MeshServer]:
     """A document service whose embeddings come from a remote provider we can break."""
     _, base_url = flaky
     models = [{"id": "remote", "provider": "openai", "dimension": DIMENSION,
@@ -72,7 +80,7 @@ async def flaky_server(flaky, redis_server, data_dir, auth_address) -> AsyncIter
     embedding_port = await embedding.start()
     documents = create_document_server(DocumentConfig.from_env(Env(document_env(
         redis_server, data_dir / "flaky", auth_address, f"127.0.0.1:{embedding_port}",
-        LLMMESH_DATA_DIR=str(data_dir / "flaky")))))
+        LLMMESH_DATA_DIR=str(data_dir / "flaky"), **flaky_chroma.env()))))
     await documents.start()
     yield documents
     await documents.stop(0)
@@ -90,7 +98,7 @@ LONG_TEXT = "\n\n".join(f"Section {i}. " + PARAGRAPHS[i % 3] * 4 for i in range(
 
 
 async def test_a_failure_mid_ingestion_leaves_nothing(flaky, flaky_documents, auth_stub,
-                                                      data_dir) -> None:
+                                                      flaky_chroma) -> None:
     provider, _ = flaky
     provider.reset()
     provider.fail_after = 3  # three batches of 8 chunks stored, then the provider dies
@@ -101,15 +109,15 @@ async def test_a_failure_mid_ingestion_leaves_nothing(flaky, flaky_documents, au
     assert error_info(caught.value).reason == "EMBEDDING_UNAVAILABLE"
     assert len(provider.requests) == 4
     assert await document_count(flaky_documents, user) == 0
-    assert stored_chunks(data_dir / "flaky", user.user_id) == 0
+    assert stored_chunks(flaky_chroma, user.user_id) == 0
 
     provider.reset()  # the provider recovers: the same upload now lands whole
     created = await upload(flaky_documents, user, "long.txt", LONG_TEXT)
-    assert stored_chunks(data_dir / "flaky", user.user_id) == created.chunk_count > 24
+    assert stored_chunks(flaky_chroma, user.user_id) == created.chunk_count > 24
 
 
 async def test_failure_during_a_streamed_ingestion_is_the_last_event(
-        flaky, flaky_documents, auth_stub, data_dir) -> None:
+        flaky, flaky_documents, auth_stub, flaky_chroma) -> None:
     provider, _ = flaky
     provider.reset()
     provider.fail_after = 2
@@ -123,12 +131,12 @@ async def test_failure_during_a_streamed_ingestion_is_the_last_event(
     assert "unavailable" in events[-1].error.message
     assert [e.embedded_chunks for e in events
             if e.stage == document_pb2.INGEST_STAGE_EMBEDDED] == [8, 16]
-    assert stored_chunks(data_dir / "flaky", user.user_id) == 0
+    assert stored_chunks(flaky_chroma, user.user_id) == 0
     assert await document_count(flaky_documents, user) == 0
 
 
 async def test_a_client_that_cancels_mid_ingestion_leaves_nothing(
-        flaky, flaky_server, flaky_documents, auth_stub, data_dir) -> None:
+        flaky, flaky_server, flaky_documents, auth_stub, flaky_chroma) -> None:
     provider, _ = flaky
     provider.reset()
     provider.delay_seconds = 0.15
@@ -151,6 +159,6 @@ async def test_a_client_that_cancels_mid_ingestion_leaves_nothing(
     await eventually(ingestions_in_flight, lambda count: count == 0,
                      what="the ingestion handler ending")
     assert len(provider.requests) <= requests_at_cancel + 1  # the pipeline stopped
-    assert stored_chunks(data_dir / "flaky", user.user_id) == 0
+    assert stored_chunks(flaky_chroma, user.user_id) == 0
     assert await document_count(flaky_documents, user) == 0
     provider.reset()

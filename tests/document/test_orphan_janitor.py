@@ -26,7 +26,7 @@ async def _search(stub, user: LoggedIn, query: str, k: int) -> list[tuple[str, i
 
 
 async def test_janitor_removes_the_chunks_of_an_ingestion_that_never_committed(
-        document_server, document_stub, alice: LoggedIn, data_dir,
+        document_server, document_stub, alice: LoggedIn, chroma,
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(document_server, DocumentServer)
     kept = [await upload(document_stub, alice, f"tides-{n}.txt", PARAGRAPHS[0] + f" ({n})")
@@ -47,21 +47,21 @@ async def test_janitor_removes_the_chunks_of_an_ingestion_that_never_committed(
     with pytest.raises(grpc.aio.AioRpcError):
         await upload(document_stub, alice, "orphan.txt", ORPHAN_TEXT)
     monkeypatch.undo()
-    orphaned = stored_chunks(data_dir, alice.user_id) - committed_chunks
+    orphaned = stored_chunks(chroma, alice.user_id) - committed_chunks
     assert orphaned > 8  # several batches landed
     assert await document_count(document_stub, alice) == 3
     assert await _search(document_stub, alice, "Moon gravity and ocean tides", 3) == before
 
     # The service's own janitor (real clock, an hour's threshold) leaves young chunks be.
     assert await document_server.janitor.sweep_user(alice.user_id) == Sweep(users=1)
-    assert stored_chunks(data_dir, alice.user_id) == committed_chunks + orphaned
+    assert stored_chunks(chroma, alice.user_id) == committed_chunks + orphaned
 
     later = OrphanJanitor(document_server.store, document_server.records, min_age=900.0,
                           clock=lambda: time.time() + 901.0, scan_batch=5, delete_batch=1)
     swept = await later.sweep_user(alice.user_id)
 
     assert swept == Sweep(users=1, documents=1, chunks=orphaned)
-    assert stored_chunks(data_dir, alice.user_id) == committed_chunks
+    assert stored_chunks(chroma, alice.user_id) == committed_chunks
     assert await document_count(document_stub, alice) == 3
     assert await _search(document_stub, alice, "Moon gravity and ocean tides", 3) == before
     # Committed chunks are never orphans, however old.

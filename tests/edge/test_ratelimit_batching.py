@@ -14,11 +14,12 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.ratelimit.counter import BatchedCounter, Increment
 from mesh.redis_server import LocalRedis, free_port
+from services.runtime.redis_client import RedisClient, redis_client
 
 
 @pytest.fixture
-async def redis(redis_server: LocalRedis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url, decode_responses=True)
+async def redis(redis_server: LocalRedis) -> AsyncIterator[RedisClient]:
+    client = redis_client(redis_server.url)  # one server, or a cluster (tests/cluster)
     yield client
     await client.aclose()
 

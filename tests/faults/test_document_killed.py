@@ -19,7 +19,7 @@ from llmmesh.auth.v1 import auth_pb2_grpc
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from mesh.redis_server import LocalRedis
-from tests.document.helpers import PARAGRAPHS, stored_chunks, upload
+from tests.document.helpers import PARAGRAPHS, ChromaStore, stored_chunks, upload
 from tests.fake_embeddings_provider import DIMENSION, FakeEmbeddingsProvider, running_provider
 from tests.faults.processes import ServiceProcess, process_env
 from tests.helpers import LoggedIn, register_and_login
@@ -102,7 +102,8 @@ async def test_a_killed_ingestion_is_not_listed_and_does_not_crowd_out_search(
         embedded = await _ingest_until_killed(stub, user, mesh.document)
 
     await mesh.document.start()  # the same data dir, Redis and Chroma
-    orphans = stored_chunks(mesh.data_dir, user.user_id) - committed_chunks
+    orphans = (stored_chunks(ChromaStore(path=mesh.data_dir / "chroma"), user.user_id)
+               - committed_chunks)
     assert orphans >= embedded >= KILL_AFTER_CHUNKS  # left behind, none committed
     async with grpc.aio.insecure_channel(mesh.document.address) as channel:
         stub = document_pb2_grpc.DocumentServiceStub(channel)

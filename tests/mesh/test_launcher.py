@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class Launcher:
     """`python -m mesh` as a subprocess; its output collected line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "mesh"], cwd=ROOT, env=env,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "mesh", *args], cwd=ROOT,
+                                        env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self.lines: list[str] = []
@@ -82,8 +83,9 @@ class Launcher:
             self.process.stdout.close()
 
 
-def start_mesh(data_dir: Path, **settings: str) -> tuple[Launcher, dict[str, int]]:
-    """`python -m mesh` on free ports, once it printed its banner."""
+def start_mesh(data_dir: Path, args: tuple[str, ...] = (),
+               **settings: str) -> tuple[Launcher, dict[str, int]]:
+    """`python -m mesh` (with `args`) on free ports, once it printed its banner."""
     ports = {name: free_port() for name in ("auth", "chat", "document", "embedding")}
     env = {**os.environ, "LLMMESH_DATA_DIR": str(data_dir),
            "LLMMESH_REDIS_PORT": str(free_port()), "LLMMESH_AUTH_BCRYPT_COST": "4"}
@@ -94,9 +96,10 @@ def start_mesh(data_dir: Path, **settings: str) -> tuple[Launcher, dict[str, int
     ports["redis"] = int(env["LLMMESH_REDIS_PORT"])
     env.update(LLMMESH_EDGE_PORT=str(ports["edge"]), LLMMESH_EDGE_ADMIN_PORT=str(free_port()),
                LLMMESH_RATELIMIT_PORT=str(free_port()),
-               LLMMESH_RATELIMIT_METRICS_PORT=str(free_port()), **settings)
+               LLMMESH_RATELIMIT_METRICS_PORT=str(free_port()))
+    env.update(settings)
     env.pop("LLMMESH_REDIS_URL", None)
-    launcher = Launcher(env)
+    launcher = Launcher(env, args)
     try:
         launcher.expect("Press Ctrl-C", 90)
     except BaseException:

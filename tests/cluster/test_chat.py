@@ -1,0 +1,26 @@
+"""Conversations and chat's token holds on Redis Cluster: the existing tests, run
+unchanged against a chat server on the cluster client (see conftest.py)."""
+
+from __future__ import annotations
+
+from tests.chat.test_conversations import (
+    test_another_users_conversation_is_not_found,
+    test_conversations_list_newest_first_across_pages,
+    test_get_list_messages_and_delete,
+    test_the_last_n_turns_go_to_the_model,
+    test_turns_extend_retention_and_expired_ones_leave_the_index,
+)
+from tests.chat.test_quota import (
+    test_a_request_that_does_not_fit_is_refused_before_the_model,
+    test_fifty_concurrent_streams_against_room_for_ten,
+)
+
+__all__ = [
+    "test_a_request_that_does_not_fit_is_refused_before_the_model",
+    "test_another_users_conversation_is_not_found",
+    "test_conversations_list_newest_first_across_pages",
+    "test_fifty_concurrent_streams_against_room_for_ten",
+    "test_get_list_messages_and_delete",
+    "test_the_last_n_turns_go_to_the_model",
+    "test_turns_extend_retention_and_expired_ones_leave_the_index",
+]
