@@ -59,6 +59,7 @@ SETTLE_WAIT_SECONDS = 2.0
 MIN_EXTENSION_TOKENS = 64
 STORE_RETRY_DELAYS = (0.1, 0.3)  # pauses between the tries to store a turn (3 tries)
 STORE_BUDGET_SECONDS = 1.0  # for all the tries together
+PROMPT_SCALE_WEIGHT = 0.2  # how much each finished turn moves a model's prompt scale
 
 
 @dataclass
@@ -156,6 +157,10 @@ class ChatEngine:
         self._store_retry_delays = tuple(store_retry_delays)
         self._store_budget = store_budget_seconds
         self._on_charge = on_charge
+        # Per model: the model's prompt count over ours, learnt from finished turns, so a
+        # turn charged by our count (cut, or cut off before the model's usage arrived)
+        # pays its prompt as the model would have counted it.
+        self._prompt_scale: dict[str, float] = {}
 
     async def prepare(self, user_id: str, request: TurnRequest, *,
                       streamed: bool = True) -> PreparedTurn:
@@ -339,6 +344,7 @@ class ChatEngine:
     async def _finish(self, turn: PreparedTurn, generation: Generation,
                       started_ms: int) -> AsyncGenerator[Event, None]:
         """Settle, then SourcesFound (RAG) and Finished once the turn is stored."""
+        self._learn_prompt_scale(turn, generation)
         usage = self._usage(turn, generation)
         # Settled before anything else is yielded: the whole answer was delivered.
         settled = self._settle(turn, usage)
@@ -375,18 +381,32 @@ class ChatEngine:
             generation.checkpointed = delivered
             self._quota.checkpoint(turn.hold, delivered)
 
-    @staticmethod
-    def _delivered(turn: PreparedTurn, generation: Generation) -> int:
+    def _delivered(self, turn: PreparedTurn, generation: Generation) -> int:
         """What settling now would charge by our count (0 before the first token)."""
         if not generation.delivered_bytes:
             return 0
-        return turn.prompt_tokens + generation.completion_tokens
+        return self._prompt_count(turn) + generation.completion_tokens
 
     def _usage(self, turn: PreparedTurn, generation: Generation) -> Usage:
         """The provider's usage when it reported one for a complete answer, else ours."""
         if generation.provider_usage and generation.finish is not FinishReason.QUOTA_EXHAUSTED:
             return Usage(generation.provider_prompt_tokens, generation.provider_completion_tokens)
-        return Usage(turn.prompt_tokens, generation.completion_tokens)
+        return Usage(self._prompt_count(turn), generation.completion_tokens)
+
+    def _prompt_count(self, turn: PreparedTurn) -> int:
+        """The turn's prompt as its model counts prompts (our count where the model
+        has not reported any usage yet)."""
+        scale = self._prompt_scale.get(turn.model.spec.id)
+        return turn.prompt_tokens if scale is None else round(turn.prompt_tokens * scale)
+
+    def _learn_prompt_scale(self, turn: PreparedTurn, generation: Generation) -> None:
+        if not (generation.provider_usage and turn.prompt_tokens > 0
+                and generation.finish is not FinishReason.QUOTA_EXHAUSTED):
+            return
+        ratio = min(max(generation.provider_prompt_tokens / turn.prompt_tokens, 0.25), 4.0)
+        previous = self._prompt_scale.get(turn.model.spec.id)
+        self._prompt_scale[turn.model.spec.id] = (
+            ratio if previous is None else previous + PROMPT_SCALE_WEIGHT * (ratio - previous))
 
     def _charge_partial(self, turn: PreparedTurn, generation: Generation, *,
                         cut: bool = False) -> None:
@@ -397,7 +417,7 @@ class ChatEngine:
             self._quota.release(turn.hold)
         elif cut:
             handed_over = generation.delivered_bytes - generation.last_delta_bytes
-            self._settle(turn, Usage(turn.prompt_tokens, tokens_in_bytes(handed_over)))
+            self._settle(turn, Usage(self._prompt_count(turn), tokens_in_bytes(handed_over)))
         else:
             self._settle(turn, self._usage(turn, generation))
 

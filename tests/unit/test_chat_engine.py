@@ -867,3 +867,26 @@ async def test_a_cancelled_unary_answer_closes_the_model_call_and_frees_the_hold
     assert model.closed
     assert r.quota.only_hold().state == "released"
     assert r.store.all_messages() == []
+
+
+async def test_a_cut_turn_pays_its_prompt_as_the_model_counts_prompts() -> None:
+    """The model reports usage only at the end of a stream: a turn cut before that is
+    charged by our count, scaled by what the model reported for finished turns."""
+    probe = rig(ScriptedChatModel(parts=["x"]))
+    local, _ = await run_turn(probe, TurnRequest("How are you today?"))
+    ours = local.prompt_tokens
+    r = rig(ScriptedChatModel(parts=["fine"], usage={"input": 2 * ours, "output": 1}))
+    await run_turn(r, TurnRequest("How are you today?"))  # the model counts twice ours
+
+    cut_model = ScriptedChatModel(parts=["abcd", "efgh", "never"], block_at=2)
+    r.engine.registry = FakeRegistry((model_spec(), cut_model))  # the same model id
+    cut = await r.engine.prepare(USER, TurnRequest("How are you today?"))
+    events = open_run(r, cut)
+    assert isinstance(await anext(events), Started)
+    assert await anext(events) == Delta("abcd")
+    assert await anext(events) == Delta("efgh")
+    await events.aclose()
+
+    assert cut.prompt_tokens == ours
+    charged = r.quota.holds[cut.hold.reservation_id].charged
+    assert charged == 2 * ours + count_tokens("abcd")  # its last delta: not charged
