@@ -85,6 +85,12 @@ class ReplicaMesh:
         return {port: int(stats["rq_total"]) for port, stats in self.hosts(cluster).items()}
 
 
+def _chat_calls(mesh: ReplicaMesh, replica: str) -> int:
+    """Chat calls a chat replica has finished, from its own log (one line per RPC)."""
+    log = (mesh.data_dir / "logs" / f"{replica}.log").read_text(errors="replace")
+    return log.count('"method": "/llmmesh.chat.v1.ChatService/Chat"')
+
+
 def _rules(path: Path) -> Path:
     """Generous limits but a small one for the default route class (GetUser), per hour
     so that no window boundary falls inside the test."""
@@ -415,8 +421,11 @@ def test_a_draining_replica_leaves_rotation(mesh: ReplicaMesh) -> None:
             left_rotation = time.monotonic() - signalled
         # Envoy's worker threads learn of the ejection a moment after its admin shows it.
         if left_rotation and not served_when_out and began > left_rotation + 0.3:
-            served_when_out = mesh.served("chat")
-    served_after = mesh.served("chat")
+            served_when_out = {draining: _chat_calls(mesh, name),
+                               other: mesh.served("chat")[other]}
+    # Its own log, not Envoy's per-host request count, which also counts the health
+    # checks that go on probing it.
+    served_after = {draining: _chat_calls(mesh, name), other: mesh.served("chat")[other]}
     results = [future.result(30) for future in reading]
     pool.shutdown()
     mesh.model.script = Script()
@@ -425,6 +434,7 @@ def test_a_draining_replica_leaves_rotation(mesh: ReplicaMesh) -> None:
     assert 0 < left_rotation < 3.5, left_rotation
     failed = [(began, o) for began, o in outcomes if not isinstance(o, chat_pb2.ChatResponse)]
     assert failed == [], (failed, left_rotation)
+    assert served_when_out[draining] > 0  # it served calls while leaving rotation
     assert served_after[draining] == served_when_out[draining], (served_when_out, served_after)
     assert served_after[other] > served_when_out[other], (served_when_out, served_after)
     # The streams it was serving finished (it drained them before exiting).
