@@ -4,6 +4,8 @@ awaiting an outcome another process or a detached task produces."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -96,3 +98,20 @@ async def register_and_login(stub: auth_pb2_grpc.AuthServiceStub,
         password=PASSWORD))
     login = await stub.Login(auth_pb2.LoginRequest(username=username, password=PASSWORD))
     return LoggedIn(user=login.user, tokens=login.tokens)
+
+
+def stop_process(process: subprocess.Popen[str], signum: int,
+                 reader: threading.Thread | None = None, timeout: float = 30.0) -> None:
+    """Stop a process under test with `signum` (SIGKILL after `timeout` s), then let
+    the thread reading its output finish and close the pipe."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if reader is not None:
+        reader.join(5)
+    if process.stdout is not None:
+        process.stdout.close()

@@ -25,6 +25,7 @@ from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from mesh.launcher import STOP_ORDER, stop_groups
 from mesh.redis_server import free_port
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,16 +72,7 @@ class Launcher:
                 self._changed.wait(left)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        stop_process(self.process, signal.SIGINT, self._reader)
 
 
 def start_mesh(data_dir: Path, args: tuple[str, ...] = (),

@@ -39,6 +39,7 @@ from services.runtime.config import (
 )
 from services.runtime.workers import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
 from tests.conftest import SERVICE_TOKEN
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS_PER_CHANNEL = 4
@@ -89,16 +90,7 @@ class Service:
                 self._changed.wait(min(left, 0.5))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        stop_process(self.process, signal.SIGTERM, self._reader)
 
 
 def auth_env(redis_server: LocalRedis, data_dir: Path, **extra: str) -> dict[str, str]:

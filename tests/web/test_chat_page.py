@@ -45,6 +45,7 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from mesh.redis_server import free_port
 from tests.chat.openai_server import OpenAIServer, Script
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = "run ./scripts/setup.sh --dev (it installs Debian's chromium and chromium-driver)"
@@ -143,16 +144,7 @@ class Mesh:
             raise AssertionError(f"the mesh did not start:\n{output}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        stop_process(self.process, signal.SIGINT, self._reader)
 
 
 @pytest.fixture(scope="module")
