@@ -34,7 +34,7 @@ POLICY = AccessPolicy.build(
 def create_server(config: AuthConfig) -> MeshServer:
     """The auth server, unstarted (`await server.start()` returns the bound port)."""
     runtime = config.runtime
-    redis = redis_client(runtime.redis_url)
+    redis = redis_client(runtime.redis_url, socket_timeout=runtime.redis_timeout_seconds)
     pem = config.signing_key_pem
     key = load_or_create(pem.get_secret_value() if pem else None, runtime.data_dir)
     jwks = jwks_document([key])

@@ -33,7 +33,7 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
     auth = peer_channel(runtime.auth_address, token, default_timeout=timeout)
     documents = peer_channel(config.document_address, token, default_timeout=timeout)
     embeddings = peer_channel(config.embedding_address, token, default_timeout=timeout)
-    redis = redis_client(runtime.redis_url)
+    redis = redis_client(runtime.redis_url, socket_timeout=runtime.redis_timeout_seconds)
     # The hot path's own channel to auth: plain, cheaper than the forwarding peer channel.
     quota_channel = grpc.aio.insecure_channel(runtime.auth_address)
     quota = QuotaClient(quota_channel, config.reservation_ttl_seconds, service_token=token,

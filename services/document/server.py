@@ -46,7 +46,7 @@ class DocumentServer(MeshServer):
 def create_server(config: DocumentConfig) -> DocumentServer:
     """The document server, unstarted."""
     runtime = config.runtime
-    redis = redis_client(runtime.redis_url)
+    redis = redis_client(runtime.redis_url, socket_timeout=runtime.redis_timeout_seconds)
     store = ChunkStore(config.chroma_path, config.chroma_host)
     records = DocumentRecords(redis)
     token = runtime.service_token.get_secret_value()

@@ -211,6 +211,7 @@ class RuntimeConfig:
     auth_address: str  # auth's own address when this is auth
     shutdown_grace_seconds: float
     drain_delay_seconds: float = 0.0
+    redis_timeout_seconds: float = 5.0
     max_concurrent_streams: int = GENEROUS_MAX_CONCURRENT_STREAMS
     workers: int = 1  # processes serving `port` (see services/runtime/workers.py)
     # Set in a worker's own process only: its index, and its link to the supervisor.
@@ -250,6 +251,10 @@ class RuntimeConfig:
             # Behind a load balancer that health-checks: keep serving this long after a
             # SIGTERM while health says NOT_SERVING, so it stops sending new calls first.
             drain_delay_seconds=env.number("LLMMESH_DRAIN_DELAY_SECONDS", 0.0),
+            # A Redis that stops answering (paused, partitioned) fails a call after this
+            # long (UNAVAILABLE), instead of holding it forever on a warm connection.
+            redis_timeout_seconds=env.number("LLMMESH_REDIS_TIMEOUT_SECONDS", 5.0,
+                                             minimum=0.01),
             max_concurrent_streams=env.integer(
                 f"LLMMESH_{service.upper()}_MAX_CONCURRENT_STREAMS",
                 DEFAULT_MAX_CONCURRENT_STREAMS.get(service, GENEROUS_MAX_CONCURRENT_STREAMS),
