@@ -6,6 +6,11 @@
       "base_url": "http://127.0.0.1:11434/v1", "api_key_env": "OLLAMA_KEY",
       "max_output_tokens": 4096, "default_max_tokens": 1024}]
 
+An entry may name `fallbacks` (model ids, tried in order when it fails before its
+first token), a `retry` policy (`max_attempts`, `initial_backoff_seconds`,
+`max_backoff_seconds`, `backoff_multiplier`) and a `first_token_timeout_seconds`;
+see services/chat/fallback.py.
+
 The built-in offline `extractive` model is always registered; it is the default
 unless `LLMMESH_CHAT_DEFAULT_MODEL` names another model or an entry says
 `"default": true`.
@@ -35,6 +40,17 @@ def _model_id(value: str) -> str:
     return value
 
 
+class RetryEntry(BaseModel):
+    """A model's `retry` policy, as written (see services/chat/fallback.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=1, ge=1, le=10)  # tries of this model, first included
+    initial_backoff_seconds: float = Field(default=0.2, ge=0, le=60)
+    max_backoff_seconds: float = Field(default=5.0, ge=0, le=600)
+    backoff_multiplier: float = Field(default=2.0, ge=1, le=10)
+
+
 class ChatModelEntry(BaseModel):
     """One entry of `LLMMESH_CHAT_MODELS`, as written."""
 
@@ -52,14 +68,33 @@ class ChatModelEntry(BaseModel):
     timeout_seconds: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=0, ge=0)
     default: bool = False
+    # Models that answer, in order, when this one fails before its first token.
+    fallbacks: tuple[Annotated[str, AfterValidator(_model_id)], ...] = ()
+    retry: RetryEntry = Field(default_factory=RetryEntry)
+    # No text within this long counts as a retryable failure (None: the whole timeout).
+    first_token_timeout_seconds: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.id in self.fallbacks:
+            raise ValueError("a model cannot fall back to itself")
+        if len(set(self.fallbacks)) != len(self.fallbacks):
+            raise ValueError("fallbacks repeat a model")
         if self.provider == "openai" and not self.base_url:
             raise ValueError("base_url is required for provider openai")
         if self.default_max_tokens > self.max_output_tokens:
             raise ValueError("default_max_tokens exceeds max_output_tokens")
         return self
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a model is tried before its chain moves on, and the waits between."""
+
+    max_attempts: int = 1
+    initial_backoff_seconds: float = 0.2
+    max_backoff_seconds: float = 5.0
+    backoff_multiplier: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,9 @@ class ModelSpec:
     timeout_seconds: float = 120.0  # one provider call, first byte to last
     max_retries: int = 0  # the client's own retries (429/5xx); 0 lets callers decide
     default: bool = False
+    fallbacks: tuple[str, ...] = ()  # model ids answering when this one cannot start
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    first_token_timeout_seconds: float | None = None
 
     @property
     def generative(self) -> bool:
@@ -132,6 +170,12 @@ def parse_models(raw: str | None, env: Env) -> tuple[ModelSpec, ...]:
     if EXTRACTIVE_ID not in ids:
         models.append(ModelSpec(id=EXTRACTIVE_ID, provider="extractive",
                                 max_output_tokens=2048, default_max_tokens=512))
+    known = {model.id for model in models}
+    for index, model in enumerate(models):
+        unknown = [name for name in model.fallbacks if name not in known]
+        if unknown:
+            raise ConfigError(f"{MODELS_VARIABLE}[{index}].fallbacks names unknown models "
+                              f"{unknown}: the models are {sorted(known)}")
     return tuple(models)
 
 
@@ -148,7 +192,9 @@ def _spec(entry: ChatModelEntry, index: int, env: Env) -> ModelSpec:
         base_url=entry.base_url or None, api_key=api_key or SecretStr("unused"),
         max_output_tokens=entry.max_output_tokens, default_max_tokens=entry.default_max_tokens,
         timeout_seconds=entry.timeout_seconds, max_retries=entry.max_retries,
-        default=entry.default)
+        default=entry.default, fallbacks=entry.fallbacks,
+        retry=RetryPolicy(**entry.retry.model_dump()),
+        first_token_timeout_seconds=entry.first_token_timeout_seconds)
 
 
 def _default_model(models: tuple[ModelSpec, ...], named: str | None) -> str:

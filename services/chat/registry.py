@@ -44,6 +44,10 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return list(self._models)
 
+    def chain(self, model: RegisteredModel) -> list[RegisteredModel]:
+        """`model`, then its fallbacks in order (services/chat/fallback.py)."""
+        return [model, *(self._models[name] for name in model.spec.fallbacks)]
+
 
 def build_model(spec: ModelSpec, embedder: Embedder) -> BaseChatModel:
     """A LangChain chat model for `spec`."""

@@ -66,6 +66,16 @@ def provider_error(error: BaseException, model: str) -> LlmmeshError | None:
     return None
 
 
+def retry_after_seconds(error: BaseException) -> float | None:
+    """The delay a provider's HTTP error asked for (`Retry-After`, in seconds); None
+    when it named none (or was no HTTP answer)."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    if not error.response.headers.get("retry-after"):
+        return None
+    return _retry_after(error.response)
+
+
 def _retry_after(response: httpx2.Response) -> float:
     raw = response.headers.get("retry-after", "")
     try:
