@@ -9,7 +9,7 @@ from typing import Protocol
 
 import grpc
 
-from cli import account_commands, chat_command, document_commands
+from cli import account_commands, chat_command, document_commands, key_commands, team_commands
 from cli.session import Endpoints, NotLoggedIn, Session, credentials_path
 
 
@@ -24,7 +24,7 @@ COMMAND_MODULES: dict[str, CommandModule] = {
     "register": account_commands, "login": account_commands,
     "logout": account_commands, "whoami": account_commands,
     "ingest": document_commands, "search": document_commands,
-    "chat": chat_command}
+    "chat": chat_command, "teams": team_commands, "keys": key_commands}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     account_commands.add_parsers(commands)
     document_commands.add_parsers(commands)
     chat_command.add_parser(commands)
+    team_commands.add_parser(commands)
+    key_commands.add_parser(commands)
     return parser
 
 

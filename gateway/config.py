@@ -12,6 +12,7 @@
 | `LLMMESH_RATELIMIT_REDIS_FAILURE` | `error` | while Redis is down: `error`, `allow`, `deny` |
 | `LLMMESH_RATELIMIT_KEY_PREFIX` | `llmmesh:ratelimit:` | Redis key prefix of the counters |
 | `LLMMESH_RATELIMIT_REDIS_TIMEOUT_SECONDS` | `0.2` | Redis timeout (Envoy waits 0.25 s) |
+| `LLMMESH_OIDC_ISSUERS` | none | external OIDC issuers the edge verifies (docs/identity.md) |
 
 `error` answers UNAVAILABLE and leaves the choice to the edge's failure mode (open by
 default: `ratelimit_failure_mode_deny` in gateway/spec.py).
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
+from services.runtime.identity_providers import OidcIssuer, oidc_issuers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RATELIMIT_RULES = REPO_ROOT / "envoy" / "ratelimit.yaml"
@@ -102,6 +104,9 @@ class EdgeConfig:
     ratelimit: tuple[str, int]
     cors_origins: tuple[str, ...] | None
     data_dir: Path
+    # External OIDC issuers whose tokens the edge verifies (`deployment.local(...,
+    # oidc_issuers=...)`), the same setting auth reads.
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeConfig:
@@ -120,4 +125,5 @@ class EdgeConfig:
             cors_origins=(tuple(o.strip() for o in origins.split(",") if o.strip())
                           if origins else None),
             data_dir=runtime.data_dir,
+            oidc_issuers=oidc_issuers(env),
         )

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.spec import EdgeSpec
+from services.runtime.identity_providers import OidcIssuer
 
 LISTENER_PORT = 8080
 ADMIN_PORT = 9901
@@ -65,6 +66,8 @@ class Deployment:
     # An OTLP/gRPC collector: Envoy then starts (or continues) a trace per request and
     # hands its context to the services in `traceparent` (None: no tracing at the edge).
     otlp_collector: tuple[str, int] | None = None
+    # External OIDC issuers (LLMMESH_OIDC_ISSUERS) whose tokens the edge verifies.
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
 
     def endpoints(self, name: str) -> tuple[tuple[str, int], ...]:
         """Every endpoint of upstream `name` (or `RATELIMIT_SERVICE`)."""
@@ -73,14 +76,16 @@ class Deployment:
         return (self.ratelimit if name == RATELIMIT_SERVICE else self.upstreams[name],)
 
 
-def compose(spec: EdgeSpec) -> Deployment:
-    """docker-compose: every upstream is the compose service of the same name."""
+def compose(spec: EdgeSpec, oidc_issuers: tuple[OidcIssuer, ...] = ()) -> Deployment:
+    """docker-compose: every upstream is the compose service of the same name.
+    `oidc_issuers`: external issuers the edge verifies (none in the committed file)."""
     return Deployment(
         name="compose", config_dir=COMPOSE_CONFIG_DIR,
         listen_address="0.0.0.0",  # noqa: S104 — inside the container; compose publishes it
         listener_port=LISTENER_PORT, admin_port=ADMIN_PORT, stats_port=STATS_PORT,
         upstreams={u.name: (u.name, u.port) for u in spec.upstreams},
-        ratelimit=("ratelimit", RATELIMIT_PORT), otlp_collector=COMPOSE_OTLP_COLLECTOR)
+        ratelimit=("ratelimit", RATELIMIT_PORT), otlp_collector=COMPOSE_OTLP_COLLECTOR,
+        oidc_issuers=oidc_issuers)
 
 
 def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT,
@@ -88,7 +93,8 @@ def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT
           ratelimit: tuple[str, int] = ("127.0.0.1", RATELIMIT_PORT),
           listen_address: str = "127.0.0.1",
           cors_origins: tuple[str, ...] | None = None,
-          replicas: Mapping[str, Sequence[tuple[str, int]]] | None = None) -> Deployment:
+          replicas: Mapping[str, Sequence[tuple[str, int]]] | None = None,
+          oidc_issuers: tuple[OidcIssuer, ...] = ()) -> Deployment:
     """This machine: every upstream on 127.0.0.1 at its default port unless `upstreams`
     says otherwise; the admin interface on loopback only. `replicas`: every endpoint of
     an upstream (or of `RATELIMIT_SERVICE`) that runs as several replicas; the first
@@ -107,15 +113,18 @@ def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT
     return Deployment(
         name="local", config_dir=config_dir, listen_address=listen_address,
         listener_port=listener_port, admin_port=admin_port, upstreams=addresses,
-        ratelimit=ratelimit, cors_origins=cors_origins, replicas=several)
+        ratelimit=ratelimit, cors_origins=cors_origins, replicas=several,
+        oidc_issuers=oidc_issuers)
 
 
-def kubernetes(spec: EdgeSpec) -> Deployment:
+def kubernetes(spec: EdgeSpec, oidc_issuers: tuple[OidcIssuer, ...] = ()) -> Deployment:
     """Kubernetes (deploy/k8s): every upstream is its headless Service, in Envoy's own
-    namespace (the pod's DNS search path completes the short name)."""
+    namespace (the pod's DNS search path completes the short name). `oidc_issuers`:
+    external issuers the edge verifies (none in the committed base)."""
     return Deployment(
         name="kubernetes", config_dir=K8S_CONFIG_DIR,
         listen_address="0.0.0.0",  # noqa: S104 — inside the pod; a Service exposes it
         listener_port=LISTENER_PORT, admin_port=ADMIN_PORT, stats_port=STATS_PORT,
         upstreams={u.name: (headless_service(u.name), u.port) for u in spec.upstreams},
-        ratelimit=(headless_service(RATELIMIT_SERVICE), RATELIMIT_PORT))
+        ratelimit=(headless_service(RATELIMIT_SERVICE), RATELIMIT_PORT),
+        oidc_issuers=oidc_issuers)

@@ -5,7 +5,8 @@ compose target to `envoy/`; the launcher and the tests write the local target at
 Request path through the edge listener:
 
     cors -> header_mutation (strip client identity headers) -> lua (normalise the
-    Bearer scheme) -> jwt_authn -> ratelimit -> buffer -> grpc_json_transcoder -> router
+    Bearer scheme; move an API key aside) -> jwt_authn -> ext_authz -> ratelimit ->
+    buffer -> grpc_json_transcoder -> router
 
 - Routes: `/healthz`; `GET /openapi.json` (the OpenAPI document, from the file beside
   the bootstrap, through an internal listener: the cors filter does not act on a
@@ -20,8 +21,16 @@ Request path through the edge listener:
 - JWT: each route names its requirement (`requirement_map` + per-route
   `requirement_name`): private routes need a token, public ones take none but refuse a
   bad one. Tokens come only from `Authorization: Bearer` (any case of the scheme).
+- API keys and external OIDC tokens (docs/identity.md): the Lua filter moves a
+  `Bearer llmk_...` key into `x-llmmesh-api-key`, so jwt_authn sees no token; jwt_authn
+  verifies our tokens and each configured OIDC issuer's (its JWKS over a cluster of its
+  own); private routes accept a missing token there, and ext_authz (auth's
+  `envoy.service.auth.v3.Authorization/Check`) runs whenever our own token was not
+  verified: it exchanges the key or OIDC token for our access token (replacing
+  `authorization`, user in dynamic metadata) or refuses with 401 — also a missing token.
 - Rate-limit descriptors: [route_class, user] and [user] for routes needing a token (the
-  user from jwt_authn's verified payload), [route_class, remote_address] for public ones.
+  user from jwt_authn's verified payload, or for a key / OIDC caller from ext_authz's
+  metadata: the owner), [route_class, remote_address] for public ones.
 - Bodies: the buffer filter answers 413 before any upstream call for REST bodies over
   the limit; gRPC routes skip it (client-streaming uploads pass in frames).
 - Local replies Envoy makes itself to non-gRPC requests are JSON `google.rpc.Status`
@@ -33,6 +42,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.deployment import RATELIMIT_SERVICE, Deployment
 from gateway.descriptors import MethodInfo
@@ -41,6 +51,7 @@ from gateway.openapi import OPENAPI_FILE, OPENAPI_PATH
 from gateway.spec import REMOTE_ADDRESS_KEY, ROUTE_CLASS_KEY, USER_KEY, EdgeSpec
 from gateway.webpage import RESPONSE_HEADERS as WEB_RESPONSE_HEADERS
 from gateway.webpage import WEB_FILES
+from services.runtime.identity_providers import OidcIssuer
 
 DESCRIPTOR_FILE = "descriptor_set.binpb"
 JWT_PROVIDER = "llmmesh"
@@ -56,6 +67,12 @@ CORS_FILTER = "envoy.filters.http.cors"
 HEADER_MUTATION_FILTER = "envoy.filters.http.header_mutation"
 LUA_FILTER = "envoy.filters.http.lua"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+EXT_AUTHZ_TIMEOUT_SECONDS = 2.0
+API_KEY_HEADER = "x-llmmesh-api-key"  # the Lua filter's, read by auth's Check
+OIDC_PAYLOAD_KEY = "oidc_payload"
+OIDC_PROVIDER = "oidc_{index}"
+OIDC_CLUSTER = "oidc_jwks_{index}"
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
@@ -85,6 +102,12 @@ function envoy_on_request(handle)
   if scheme ~= nil and scheme ~= "Bearer" and string.lower(scheme) == "bearer" then
     headers:replace("authorization", "Bearer " .. token)
   end
+  -- An API key is no JWT: carried aside for ext_authz, past jwt_authn.
+  if scheme ~= nil and string.lower(scheme) == "bearer" and
+      string.sub(token, 1, 5) == "llmk_" then
+    headers:remove("authorization")
+    headers:replace("x-llmmesh-api-key", token)
+  end
 end
 """
 OTLP_CLUSTER = "opentelemetry_collector"
@@ -107,9 +130,14 @@ def descriptor_actions(spec: EdgeSpec, class_name: str) -> list[dict[str, Any]]:
         "descriptor_key": USER_KEY, "source": "DYNAMIC",
         "metadata_key": {"key": JWT_FILTER,
                          "path": [{"key": JWT_PAYLOAD_KEY}, {"key": "sub"}]}}}
+    # A key or OIDC caller: the owner ext_authz named (one of the two is ever present).
+    owner_action = {"metadata": {
+        "descriptor_key": USER_KEY, "source": "DYNAMIC",
+        "metadata_key": {"key": EXT_AUTHZ_FILTER, "path": [{"key": "user"}]}}}
     if route_class.key == "remote_address":
         return [{"actions": [class_action, {"remote_address": {}}]}]
-    return [{"actions": [class_action, user_action]}, {"actions": [user_action]}]
+    return [{"actions": [class_action, user_action]}, {"actions": [user_action]},
+            {"actions": [class_action, owner_action]}, {"actions": [owner_action]}]
 
 
 def _jwt(requirement: str | None) -> dict[str, Any]:
@@ -119,6 +147,11 @@ def _jwt(requirement: str | None) -> dict[str, Any]:
     else:
         config["requirement_name"] = requirement
     return config
+
+
+def _no_ext_authz() -> dict[str, Any]:
+    return _typed("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                  disabled=True)
 
 
 def _disabled() -> dict[str, Any]:
@@ -168,7 +201,10 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
         timeout = spec.timeout_of(method.full_name, method.server_streaming)
         action = {"cluster": upstream.name, "timeout": _duration(timeout or 0),
                   "rate_limits": descriptor_actions(spec, spec.class_of(method.full_name))}
-        requirement = JWT_OPTIONAL if method.full_name in spec.public_methods else JWT_REQUIRED
+        public = method.full_name in spec.public_methods
+        requirement = JWT_OPTIONAL if public else JWT_REQUIRED
+        # Public methods take no credential exchange: a key there is simply not used.
+        no_exchange = {EXT_AUTHZ_FILTER: _no_ext_authz()} if public else {}
         name = method.full_name.strip("/").replace("/", ".")
         for index, binding in enumerate(method.bindings):
             rest.append((_specificity(binding.template), {
@@ -178,15 +214,18 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
                                        "string_match": {"exact": binding.http_method}}]},
                 "route": action,
                 "typed_per_filter_config": {JWT_FILTER: _jwt(requirement),
-                                            HEADER_MUTATION_FILTER: _rest_only()}}))
+                                            HEADER_MUTATION_FILTER: _rest_only(),
+                                            **no_exchange}}))
         grpc.append({"name": name, "match": {"path": method.full_name, "grpc": {}},
                      "route": action,
                      "typed_per_filter_config": {JWT_FILTER: _jwt(requirement),
-                                                 BUFFER_FILTER: _disabled()}})
+                                                 BUFFER_FILTER: _disabled(),
+                                                 **no_exchange}})
     rest.sort(key=lambda item: item[0])
     health = {"name": "healthz", "match": {"path": spec.health_path},
               "direct_response": {"status": 200, "body": {"inline_string": "OK\n"}},
               "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                          EXT_AUTHZ_FILTER: _no_ext_authz(),
                                           TRANSCODER_FILTER: _disabled()}}
     # REST routes match one method each, so a preflight would otherwise fall through to
     # the catch-all (where the cors filter does not act). The cors filter answers
@@ -201,7 +240,8 @@ def routes(spec: EdgeSpec, methods: Sequence[MethodInfo]) -> list[dict[str, Any]
                       "invert_match": True, "treat_missing_header_as_empty": True}]},
                  "route": {"cluster": first_upstream, "timeout": "5s",
                            "rate_limits": descriptor_actions(spec, spec.anonymous_class)},
-                 "typed_per_filter_config": {JWT_FILTER: _jwt(None)}}
+                 "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                             EXT_AUTHZ_FILTER: _no_ext_authz()}}
     # Counted by the virtual host's default-class limits (a direct response has no
     # route action to carry its own).
     fallback = {"name": "not_found", "match": {"prefix": "/"},
@@ -220,6 +260,7 @@ def _openapi_route() -> dict[str, Any]:
     return {"name": "openapi", "match": {"path": OPENAPI_PATH, "headers": [_GET]},
             "route": {"cluster": OPENAPI_CLUSTER, "timeout": "5s"},
             "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                        EXT_AUTHZ_FILTER: _no_ext_authz(),
                                         TRANSCODER_FILTER: _disabled()}}
 
 
@@ -230,6 +271,7 @@ def _web_routes() -> list[dict[str, Any]]:
              "match": {"path": page.path, "headers": [_GET]},
              "route": {"cluster": OPENAPI_CLUSTER, "timeout": "5s"},
              "typed_per_filter_config": {JWT_FILTER: _jwt(None),
+                                         EXT_AUTHZ_FILTER: _no_ext_authz(),
                                          TRANSCODER_FILTER: _disabled()}}
             for page in WEB_FILES]
 
@@ -421,11 +463,49 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _oidc_provider(spec: EdgeSpec, issuer: OidcIssuer, index: int) -> dict[str, Any]:
+    """A configured external issuer: verified at the edge, exchanged by ext_authz."""
+    return {
+        "issuer": issuer.issuer, "audiences": [issuer.audience],
+        "remote_jwks": {
+            "http_uri": {"uri": issuer.jwks_uri, "cluster": OIDC_CLUSTER.format(index=index),
+                         "timeout": "5s"},
+            "cache_duration": _duration(spec.jwks_cache_seconds),
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+            "retry_policy": {"num_retries": 3}},
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        "forward": True, "payload_in_metadata": OIDC_PAYLOAD_KEY,
+        "clock_skew_seconds": spec.jwt_clock_skew_seconds,
+        "require_expiration": True,
+        "jwt_cache_config": {"jwt_cache_size": 1000}}
+
+
+def _oidc_cluster(issuer: OidcIssuer, index: int) -> dict[str, Any]:
+    """The cluster an issuer's JWKS is fetched over (TLS for https)."""
+    parts = urlsplit(issuer.jwks_uri)
+    host = parts.hostname or ""
+    tls = parts.scheme == "https"
+    cluster = _cluster(OIDC_CLUSTER.format(index=index),
+                       [(host, parts.port or (443 if tls else 80))], http2=False)
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls", "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", sni=host)}
+    return cluster
+
+
 def _jwt_filter(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
     required = {"provider_name": JWT_PROVIDER}
+    oidc = {OIDC_PROVIDER.format(index=index): _oidc_provider(spec, issuer, index)
+            for index, issuer in enumerate(deployment.oidc_issuers)}
+    # A private route: our token or an OIDC issuer's, verified here, or none at all
+    # (an API key moved aside, or nothing: ext_authz then decides). A token that fails
+    # verification is refused here, as before.
+    private = {"requires_any": {"requirements": [
+        required, *({"provider_name": name} for name in oidc), {"allow_missing": {}}]}}
     return _typed(
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        providers={JWT_PROVIDER: {
+        providers={**oidc, JWT_PROVIDER: {
             "issuer": spec.jwt_issuer, "audiences": [spec.jwt_audience],
             "remote_jwks": {
                 # An internal listener (no port) transcodes this to auth's GetJwks,
@@ -443,10 +523,27 @@ def _jwt_filter(spec: EdgeSpec, deployment: Deployment) -> dict[str, Any]:
             "require_expiration": True,
             "jwt_cache_config": {"jwt_cache_size": 1000}}},
         requirement_map={
-            JWT_REQUIRED: required,
+            JWT_REQUIRED: private,
             JWT_OPTIONAL: {"requires_any": {"requirements": [required,
                                                              {"allow_missing": {}}]}}},
         bypass_cors_preflight=True)
+
+
+def _ext_authz(spec: EdgeSpec) -> dict[str, Any]:
+    """Auth's credential exchange, only for requests our own token did not pass (none
+    verified: an API key, an OIDC token or nothing); auth answers 401 for a bad one."""
+    auth = spec.upstream_for("/llmmesh.auth.v1.AuthService/GetJwks")
+    assert auth is not None
+    return {"name": EXT_AUTHZ_FILTER, "typed_config": _typed(
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        grpc_service={"envoy_grpc": {"cluster_name": auth.name},
+                      "timeout": _duration(EXT_AUTHZ_TIMEOUT_SECONDS)},
+        transport_api_version="V3",
+        failure_mode_allow=False,
+        status_on_error={"code": "ServiceUnavailable"},
+        filter_enabled_metadata={
+            "filter": JWT_FILTER, "path": [{"key": JWT_PAYLOAD_KEY}, {"key": "sub"}],
+            "value": {"present_match": True}, "invert": True})}
 
 
 def _transcoder(spec: EdgeSpec, deployment: Deployment,
@@ -500,12 +597,13 @@ def _filters(spec: EdgeSpec, deployment: Deployment) -> list[dict[str, Any]]:
             "envoy.extensions.filters.http.cors.v3.Cors")},
         {"name": HEADER_MUTATION_FILTER, "typed_config": _typed(
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            mutations={"request_mutations": [{"remove": header}
-                                             for header in spec.identity_headers]})},
+            mutations={"request_mutations": [{"remove": header} for header in (
+                *spec.identity_headers, API_KEY_HEADER)]})},
         {"name": LUA_FILTER, "typed_config": _typed(
             "envoy.extensions.filters.http.lua.v3.Lua",
             default_source_code={"inline_string": _BEARER_LUA.strip() + "\n"})},
         {"name": JWT_FILTER, "typed_config": _jwt_filter(spec, deployment)},
+        _ext_authz(spec),
         {"name": RATELIMIT_FILTER, "typed_config": _typed(
             "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             domain=spec.domain,
@@ -609,6 +707,8 @@ def bootstrap(spec: EdgeSpec, methods: Sequence[MethodInfo],
     clusters.append(_cluster(RATELIMIT_CLUSTER, deployment.endpoints(RATELIMIT_SERVICE),
                              http2=True))
     clusters.append(_internal_cluster(JWKS_CLUSTER, JWKS_LISTENER))
+    clusters += [_oidc_cluster(issuer, index)
+                 for index, issuer in enumerate(deployment.oidc_issuers)]
     clusters.append(_internal_cluster(OPENAPI_CLUSTER, OPENAPI_LISTENER))
     if deployment.otlp_collector is not None:
         clusters.append(_cluster(OTLP_CLUSTER, [deployment.otlp_collector], http2=True))

@@ -163,17 +163,21 @@ def _methods(service: str, *names: str) -> list[str]:
 
 
 AUTH = "llmmesh.auth.v1.AuthService"
+TEAMS = "llmmesh.auth.v1.TeamService"
+API_KEYS = "llmmesh.auth.v1.ApiKeyService"
 CHAT = "llmmesh.chat.v1.ChatService"
 DOCUMENT = "llmmesh.document.v1.DocumentService"
 EMBEDDING = "llmmesh.embedding.v1.EmbeddingService"
+# google.longrunning.Operations: the document service's ImportDocument operations.
+OPERATIONS = "google.longrunning.Operations"
 
 LLMMESH_SPEC = EdgeSpec(
     domain="llmmesh",
     # Internal services (llmmesh.auth.v1.QuotaService) are deliberately absent.
     upstreams=(
-        Upstream("auth", 50051, (AUTH,)),
+        Upstream("auth", 50051, (AUTH, TEAMS, API_KEYS)),
         Upstream("chat", 50052, (CHAT,)),
-        Upstream("document", 50053, (DOCUMENT,)),
+        Upstream("document", 50053, (DOCUMENT, OPERATIONS)),
         Upstream("embedding", 50054, (EMBEDDING,)),
     ),
     public_methods=frozenset(_methods(AUTH, "CreateUser", "Login", "RefreshToken", "GetJwks")),
@@ -192,7 +196,7 @@ LLMMESH_SPEC = EdgeSpec(
         f"/{AUTH}/GetJwks": "jwks",
         **dict.fromkeys(_methods(CHAT, "Chat", "StreamChat"), "chat"),
         **dict.fromkeys(_methods(DOCUMENT, "CreateDocument", "UploadDocument",
-                                 "IngestDocument"), "ingest"),
+                                 "IngestDocument", "ImportDocument"), "ingest"),
         f"/{DOCUMENT}/SearchDocuments": "search",
         f"/{EMBEDDING}/Embed": "search",
     },
@@ -201,8 +205,11 @@ LLMMESH_SPEC = EdgeSpec(
     # Every request with a token also counts against this, whatever its class.
     per_user_limit=Limit(300, "minute"),
     cors=CorsSpec(allow_origins=("http://localhost:3000",)),
-    # A whole (non-streamed) chat answer may take a while; so does embedding a large
-    # upload on CPU (~15-20 chunks/s on 2 cores: a 10 MiB text is ~10 minutes).
-    method_timeouts={f"/{CHAT}/Chat": 300.0, f"/{DOCUMENT}/CreateDocument": 900.0,
-                     f"/{DOCUMENT}/UploadDocument": 900.0},
+    # A whole (non-streamed) chat answer may take a while. Embedding runs ~15-20
+    # chunks/s on 2 cores: synchronous ingestion takes files up to 1 MiB (about a
+    # minute); larger ones go through ImportDocument, whose call only stores the upload
+    # (10 MiB: well under a second on the server; the margin is for slow client links).
+    method_timeouts={f"/{CHAT}/Chat": 300.0, f"/{DOCUMENT}/CreateDocument": 300.0,
+                     f"/{DOCUMENT}/UploadDocument": 300.0,
+                     f"/{DOCUMENT}/ImportDocument": 120.0},
 )

@@ -337,7 +337,8 @@ class Mesh:
             LLMMESH_SPEC, str(self.data_dir / "envoy"), listener_port=config.port,
             admin_port=config.admin_port, upstreams=config.upstreams,
             ratelimit=config.ratelimit, listen_address=config.listen_host,
-            cors_origins=config.cors_origins, replicas=replicas)
+            cors_origins=config.cors_origins, replicas=replicas,
+            oidc_issuers=config.oidc_issuers)
         log_path = logs / "edge.log"
 
         def spawn() -> subprocess.Popen[bytes]:

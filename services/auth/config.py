@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from services.runtime.config import PRODUCTION, ConfigError, Env, RuntimeConfig
+from services.runtime.identity_providers import OidcIssuer, oidc_issuers
 
 PRODUCTION_MIN_BCRYPT_COST = 10
 
@@ -22,6 +23,8 @@ class AuthConfig:
     bcrypt_cost: int
     default_monthly_token_limit: int
     reservation_ttl_seconds: int
+    # External OIDC issuers whose access tokens are accepted (LLMMESH_OIDC_ISSUERS).
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> AuthConfig:
@@ -39,6 +42,7 @@ class AuthConfig:
                                                     100_000, minimum=0),
             reservation_ttl_seconds=env.integer("LLMMESH_AUTH_RESERVATION_TTL_SECONDS", 300,
                                                 minimum=1, maximum=86400),
+            oidc_issuers=oidc_issuers(env),
         )
         if runtime.production:
             if config.signing_key_pem is None:

@@ -24,6 +24,8 @@ from services.runtime.errors import Unauthenticated
 
 ACCEPTED_ALGORITHMS = ("ES256",)
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud", "jti")
+_KEY_TYPE_ALGORITHMS: dict[tuple[object, object], str] = {
+    ("RSA", None): "RS256", ("EC", "P-256"): "ES256"}
 VERIFIED_TTL_SECONDS = 60.0
 VERIFIED_CACHE_SIZE = 4096
 
@@ -48,8 +50,10 @@ class JwksCache:
 
     def __init__(self, fetch: JwksFetcher, *, ttl: float = 300.0,
                  refetch_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 algorithms: tuple[str, ...] = ACCEPTED_ALGORITHMS) -> None:
         self._fetch = fetch
+        self._algorithms = algorithms
         self._ttl = ttl
         self._refetch_interval = refetch_interval
         self._clock = clock
@@ -76,8 +80,16 @@ class JwksCache:
             document = await self._fetch()
             keys: dict[str, jwt.PyJWK] = {}
             for entry in document.get("keys", []):
-                if entry.get("kid") and entry.get("alg") in ACCEPTED_ALGORITHMS:
-                    keys[entry["kid"]] = jwt.PyJWK.from_dict(entry)
+                if not isinstance(entry, dict) or not entry.get("kid"):
+                    continue
+                # An external issuer's JWKS may leave `alg` out: then the key type says.
+                algorithm = entry.get("alg") or _KEY_TYPE_ALGORITHMS.get(
+                    (entry.get("kty"), entry.get("crv")))
+                if algorithm in self._algorithms and entry.get("use", "sig") == "sig":
+                    try:
+                        keys[entry["kid"]] = jwt.PyJWK.from_dict(entry, algorithm)
+                    except jwt.PyJWTError:
+                        continue  # a malformed key is skipped, not fatal
             self._keys = keys
             self._fetched_at = self._clock()
 
@@ -86,8 +98,12 @@ class JwtVerifier:
     """Verifies access tokens: signature, algorithm, kid, issuer, audience and times."""
 
     def __init__(self, keys: JwksCache, *, issuer: str, audience: str,
-                 leeway_seconds: int = 30, clock: Callable[[], float] = time.time) -> None:
+                 leeway_seconds: int = 30, clock: Callable[[], float] = time.time,
+                 algorithms: tuple[str, ...] = ACCEPTED_ALGORITHMS,
+                 required_claims: tuple[str, ...] = REQUIRED_CLAIMS) -> None:
         self._keys = keys
+        self._algorithms = algorithms
+        self._required = required_claims
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
@@ -119,7 +135,7 @@ class JwtVerifier:
         except jwt.InvalidTokenError:
             raise _refused("MALFORMED_TOKEN", "access token is malformed") from None
         algorithm = header.get("alg")
-        if algorithm not in ACCEPTED_ALGORITHMS:
+        if algorithm not in self._algorithms:
             raise _refused("UNSUPPORTED_ALGORITHM",
                            f"access token algorithm {algorithm!r} is not accepted")
         kid = header.get("kid")
@@ -132,11 +148,11 @@ class JwtVerifier:
             claims = jwt.decode(
                 token,
                 key=key,
-                algorithms=list(ACCEPTED_ALGORITHMS),
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": list(self._required)},
             )
         except jwt.ExpiredSignatureError:
             raise _refused("TOKEN_EXPIRED", "access token has expired") from None

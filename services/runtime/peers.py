@@ -11,7 +11,7 @@ import grpc
 from opentelemetry.trace import Span
 
 from services.runtime import tracing
-from services.runtime.authn import AUTHORIZATION_HEADER, SERVICE_TOKEN_HEADER
+from services.runtime.authn import AUTHORIZATION_HEADER, ON_BEHALF_HEADER, SERVICE_TOKEN_HEADER
 from services.runtime.context import current_principal, remaining_deadline, request_id_var
 from services.runtime.interceptor import REQUEST_ID_HEADER
 
@@ -38,6 +38,8 @@ class _Forwarding:
         principal = current_principal()
         if principal.bearer_token and AUTHORIZATION_HEADER not in present:
             metadata.add(AUTHORIZATION_HEADER, f"Bearer {principal.bearer_token}")
+        elif principal.is_user and AUTHORIZATION_HEADER not in present:
+            metadata.add(ON_BEHALF_HEADER, principal.subject)  # no token: the user's id
         request_id = request_id_var.get()
         if request_id and REQUEST_ID_HEADER not in present:
             metadata.add(REQUEST_ID_HEADER, request_id)

@@ -23,8 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.runtime import tracing, workers
-from services.runtime.authn import AccessPolicy, Authenticator
+from services.runtime.authn import AccessPolicy, Authenticator, CredentialExchange
 from services.runtime.config import RuntimeConfig
+from services.runtime.credential_exchange import PeerCredentialExchange
 from services.runtime.interceptor import MeshInterceptor
 from services.runtime.jwt_verify import JwksCache, JwksFetcher, JwtVerifier
 from services.runtime.load_shedding import ConcurrencyLimiter
@@ -58,12 +59,20 @@ class MeshServer:
     """A service's server, built unstarted; `start()` binds and returns the port."""
 
     def __init__(self, config: RuntimeConfig, spec: ServiceSpec, verifier: JwtVerifier,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 exchange: CredentialExchange | None = None) -> None:
         self.config = config
         self.spec = spec
         self.metrics = metrics or ServerMetrics()
+        # API keys and external tokens become our access tokens through auth (auth
+        # passes its own in-process exchange).
+        if exchange is None:
+            peer = PeerCredentialExchange(config.auth_address,
+                                          config.service_token.get_secret_value())
+            spec.on_stop.append(peer.close)
+            exchange = peer
         authenticator = Authenticator(verifier, config.service_token.get_secret_value(),
-                                      spec.policy)
+                                      spec.policy, exchange, issuer=config.jwt_issuer)
         self.stream_limiter = ConcurrencyLimiter(config.max_concurrent_streams)
         self._server = grpc.aio.server(
             interceptors=[MeshInterceptor(authenticator, self.metrics,

@@ -64,6 +64,10 @@ def test_descriptor_set_holds_every_service_and_its_imports() -> None:
             "llmmesh.embedding.v1.EmbeddingService"} <= services
 
 
+# Called by services only, with the service credential: never routed by the edge.
+INTERNAL_SERVICES = frozenset({"QuotaService", "CredentialService"})
+
+
 def test_public_rpcs_have_http_rules_and_internal_ones_none() -> None:
     unannotated, internal_annotated = [], []
     for file in _descriptor_set().file:
@@ -75,9 +79,10 @@ def test_public_rpcs_have_http_rules_and_internal_ones_none() -> None:
                 options.ParseFromString(method.options.SerializeToString())
                 has_rule = options.HasExtension(annotations_pb2.http)
                 name = f"{service.name}.{method.name}"
-                if service.name == "QuotaService" and has_rule:
+                internal = service.name in INTERNAL_SERVICES
+                if internal and has_rule:
                     internal_annotated.append(name)
-                if service.name != "QuotaService" and not has_rule:
+                if not internal and not has_rule:
                     unannotated.append(name)
     assert unannotated == []
     assert internal_annotated == []

@@ -47,6 +47,7 @@ from gateway.envoy_config import (
 from gateway.envoy_process import validate
 from gateway.httprule import parse_template
 from gateway.spec import LLMMESH_SPEC
+from services.runtime.identity_providers import OidcIssuer
 from tests.edge.harness import TEST_SPEC, extra_descriptors, merge
 from tests.edge.upstream import compile_descriptor_set
 
@@ -111,6 +112,13 @@ TARGETS = {
     "test-suite": lambda tmp: (TEST_SPEC, deployment.local(TEST_SPEC, str(tmp),
                                                            cors_origins=("*",)),
                                extra_descriptors()),
+    # Two external OIDC issuers (docs/identity.md): a jwt provider and a JWKS cluster
+    # each, TLS for https.
+    "oidc": lambda tmp: (LLMMESH_SPEC, deployment.local(LLMMESH_SPEC, str(tmp), oidc_issuers=(
+        OidcIssuer(issuer="https://sso.example.com", audience="llmmesh",
+                   jwks_uri="https://sso.example.com/certs"),
+        OidcIssuer(issuer="http://127.0.0.1:8180", audience="llmmesh",
+                   jwks_uri="http://127.0.0.1:8180/jwks.json"))), b""),
 }
 
 
@@ -258,12 +266,17 @@ def route_for(config: dict[str, Any], path: str, method: str = "POST",
     raise AssertionError(f"no route for {path}")
 
 
+GRPC_ONLY = frozenset({"/google.longrunning.Operations/WaitOperation"})
+
+
 def test_every_public_rpc_is_routed_and_no_internal_one(config: dict[str, Any],
                                                         pool: Any) -> None:
     transcoder = http_filter(config, "envoy.filters.http.grpc_json_transcoder")
     assert transcoder["services"] == list(LLMMESH_SPEC.services)
     for method in methods_of(pool, LLMMESH_SPEC.services):
-        assert method.bindings, f"{method.full_name} has no google.api.http rule"
+        # Google's Operations.WaitOperation has no HTTP rule: gRPC clients only.
+        assert method.bindings or method.full_name in GRPC_ONLY, (
+            f"{method.full_name} has no google.api.http rule")
         route = route_for(config, method.full_name)
         upstream = LLMMESH_SPEC.upstream_for(method.full_name)
         assert upstream is not None and route["route"]["cluster"] == upstream.name
@@ -336,11 +349,17 @@ def test_filters_settings_and_descriptor_set(config: dict[str, Any]) -> None:
     names = [f["name"] for f in manager(config)["http_filters"]]
     assert names == ["envoy.filters.http.cors", "envoy.filters.http.header_mutation",
                      "envoy.filters.http.lua", "envoy.filters.http.jwt_authn",
+                     "envoy.filters.http.ext_authz",
                      "envoy.filters.http.ratelimit", "envoy.filters.http.buffer",
                      "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
     removed = {m["remove"] for m in http_filter(config, "envoy.filters.http.header_mutation")
                ["mutations"]["request_mutations"]}
-    assert {"x-user-id", "x-llmmesh-service-token"} <= removed
+    assert {"x-user-id", "x-llmmesh-service-token", "x-llmmesh-api-key"} <= removed
+    # The credential exchange runs only where our own token was not verified.
+    ext_authz = http_filter(config, "envoy.filters.http.ext_authz")
+    assert ext_authz["filter_enabled_metadata"]["invert"] is True
+    assert ext_authz["failure_mode_allow"] is False
+    assert ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "auth"
     jwt = http_filter(config, JWT_FILTER)["providers"]["llmmesh"]
     assert jwt["forward"] is True and jwt["remote_jwks"]["cache_duration"]
     assert jwt["claim_to_headers"][0]["header_name"] in removed
@@ -371,4 +390,4 @@ def test_grpc_routes_stream_bodies_and_rest_routes_buffer_them(config: dict[str,
                              grpc=False)
             assert BUFFER_FILTER not in rest["typed_per_filter_config"]
     upload = route_for(config, "/llmmesh.document.v1.DocumentService/UploadDocument")
-    assert upload["route"]["timeout"] == "900s"
+    assert upload["route"]["timeout"] == "300s"  # large files are imported as operations

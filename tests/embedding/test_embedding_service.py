@@ -8,7 +8,8 @@ import grpc
 import pytest
 from llmmesh.embedding.v1 import embedding_pb2
 
-from tests.helpers import LoggedIn, field_violations
+from tests.conftest import SERVICE_METADATA
+from tests.helpers import LoggedIn, error_info, field_violations
 
 
 def _cosine(a, b) -> float:  # type: ignore[no-untyped-def]
@@ -73,3 +74,24 @@ async def test_needs_a_user(embedding_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await embedding_stub.Embed(embedding_pb2.EmbedRequest(texts=["x"]))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_service_may_act_for_a_user_by_id_only_with_its_credential(
+        embedding_stub, alice: LoggedIn) -> None:
+    """A queued job keeps no user token: document's worker embeds for the owner with
+    the service credential and the owner's id (`x-llmmesh-user`)."""
+    on_behalf = (("x-llmmesh-user", alice.user_id),)
+    answer = await embedding_stub.Embed(embedding_pb2.EmbedRequest(texts=["x"]),
+                                        metadata=(*SERVICE_METADATA, *on_behalf))
+    assert len(answer.embeddings) == 1
+    for metadata, reason in [
+        (on_behalf, "SERVICE_CREDENTIAL_REQUIRED"),
+        (((("x-llmmesh-service-token", "wrong" * 8), *on_behalf)),
+         "SERVICE_CREDENTIAL_REQUIRED"),
+        ((*SERVICE_METADATA, ("x-llmmesh-user", "../someone")), "MALFORMED_TOKEN"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await embedding_stub.Embed(embedding_pb2.EmbedRequest(texts=["x"]),
+                                       metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_info(caught.value).reason == reason
