@@ -1,4 +1,5 @@
-"""`llmmesh ingest PATH...` (with a progress bar per file) and `llmmesh search QUERY`."""
+"""`llmmesh ingest PATH...` (each file an ImportDocument operation, with a progress bar
+drawn from it) and `llmmesh search QUERY`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 from cli.session import Endpoints, Session
 
 BAR_WIDTH = 30
+UPLOAD_TIMEOUT_SECONDS = 120  # the upload only: ingestion runs as an operation
+FOLLOW_ATTEMPTS = 5
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,29 +37,43 @@ def progress_bar(filename: str, done: int, total: int, stage: str) -> str:
 
 async def ingest(stub: document_pb2_grpc.DocumentServiceAsyncStub, path: Path, collection: str,
                  metadata: tuple[tuple[str, str], ...], out: TextIO) -> bool:
-    """Upload one file, drawing its progress; True when it landed."""
-    request = document_pb2.IngestDocumentRequest(
+    """Upload one file as an ImportDocument operation and draw its progress, followed
+    with IngestDocument; True when it landed. The upload returns at once; a follow that
+    breaks (a server restart) is resumed, the operation keeps running meanwhile."""
+    request = document_pb2.ImportDocumentRequest(
         source=document_pb2.DocumentSource(filename=path.name, collection=collection),
         content=await asyncio.to_thread(path.read_bytes))
-    total = 0
     try:
-        async for event in stub.IngestDocument(request, metadata=metadata, timeout=900):
-            stage = document_pb2.IngestStage.Name(event.stage).removeprefix("INGEST_STAGE_")
-            total = event.total_chunks or total
-            if event.stage == document_pb2.INGEST_STAGE_FAILED:
-                out.write(progress_bar(path.name, event.embedded_chunks, total, "failed"))
-                out.write(f"\n  error: {event.error.message}\n")
-                return False
-            out.write(progress_bar(path.name, event.embedded_chunks, total, stage.lower()))
-            if event.stage == document_pb2.INGEST_STAGE_DONE:
-                note = " (already stored)" if event.document.deduplicated else ""
-                out.write(f"\n  {event.document.name}: {event.document.chunk_count} chunks"
-                          f"{note}\n")
-            out.flush()
+        operation = await stub.ImportDocument(request, metadata=metadata,
+                                              timeout=UPLOAD_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:
         out.write(f"\r{path.name}: {error.details()}\n")
         return False
-    return True
+    total = 0
+    for attempt in range(FOLLOW_ATTEMPTS):
+        try:
+            async for event in stub.IngestDocument(
+                    document_pb2.IngestDocumentRequest(operation=operation.name),
+                    metadata=metadata, wait_for_ready=True):
+                total = event.total_chunks or total
+                if event.stage == document_pb2.INGEST_STAGE_FAILED:
+                    out.write(progress_bar(path.name, event.embedded_chunks, total, "failed"))
+                    out.write(f"\n  error: {event.error.message}\n")
+                    return False
+                stage = document_pb2.IngestStage.Name(event.stage).removeprefix(
+                    "INGEST_STAGE_")
+                out.write(progress_bar(path.name, event.embedded_chunks, total, stage.lower()))
+                if event.stage == document_pb2.INGEST_STAGE_DONE:
+                    note = " (already stored)" if event.document.deduplicated else ""
+                    out.write(f"\n  {event.document.name}: {event.document.chunk_count} "
+                              f"chunks{note}\n")
+                    return True
+                out.flush()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == FOLLOW_ATTEMPTS:
+                out.write(f"\r{path.name}: {error.details()} ({operation.name})\n")
+                return False
+    return False
 
 
 async def run(args: argparse.Namespace, endpoints: Endpoints, session: Session) -> int:

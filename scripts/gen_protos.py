@@ -4,7 +4,7 @@
 Writes into `api/python/llmmesh/`: messages (`*_pb2.py`), gRPC stubs (`*_pb2_grpc.py`),
 type stubs (`*.pyi`, by mypy-protobuf), package `__init__.py` files, and
 `descriptor_set.binpb` (every llmmesh proto with its imports) that Envoy's transcoder
-loads. Also copies googleapis' `google/api` and `google/rpc`
+loads. Also copies googleapis' `google/api`, `google/rpc` and `google/longrunning`
 protos from the installed googleapis-common-protos package into `build/proto-deps/`
 so `buf` (and any other protoc) can resolve imports offline.
 
@@ -89,6 +89,7 @@ def generate(out_root: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTOS}",
         f"-I{googleapis}",
+        f"-I{PROTO_DEPS}",  # google/longrunning/operations.proto (copy_proto_deps)
         f"-I{_grpc_tools_include()}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
@@ -109,15 +110,19 @@ def generate(out_root: Path) -> None:
 
 
 def copy_proto_deps() -> None:
-    """Copy googleapis' google/api and google/rpc protos for buf (offline)."""
+    """Copy googleapis' google/api, google/rpc and google/longrunning protos for buf
+    (offline). The package ships google/longrunning/operations.proto as
+    `operations_proto.proto` (its Python module registers the googleapis name): it is
+    copied under the googleapis name, which protoc then finds here."""
     googleapis = _googleapis_include()
-    for sub in ("google/api", "google/rpc"):
+    for sub in ("google/api", "google/rpc", "google/longrunning"):
         target = PROTO_DEPS / sub
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         for proto in (googleapis / sub).glob("*.proto"):
-            shutil.copy2(proto, target / proto.name)
+            name = "operations.proto" if proto.name == "operations_proto.proto" else proto.name
+            shutil.copy2(proto, target / name)
 
 
 def _differences(left: Path, right: Path) -> list[str]:

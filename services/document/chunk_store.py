@@ -117,7 +117,9 @@ class ChunkStore:
         for start in range(0, len(texts), self._max_batch):
             end = start + self._max_batch
             indexes = range(first_index + start, first_index + min(end, len(texts)))
-            target.add(
+            # Upsert: a retried ingestion (an operation whose worker was lost) writes
+            # the same ids again, never a second copy.
+            target.upsert(
                 ids=[f"{document_id}:{i}" for i in indexes],
                 embeddings=vectors[start:end],
                 documents=texts[start:end],

@@ -56,6 +56,9 @@ class Upload:
 
 
 Report = Callable[[Progress], None]
+# Makes a record visible; returns the id of an identical committed document (the
+# record was not written), or None (it was, or already had been).
+Commit = Callable[[str, DocumentRecord], Awaitable[str | None]]
 
 
 class Ingestor:
@@ -70,8 +73,14 @@ class Ingestor:
         self._batch_size = batch_size
 
     async def ingest(self, user_id: str, upload: Upload,
-                     report: Report = lambda _: None) -> Progress:
-        """Ingest `upload`; returns the final DONE progress (with the document)."""
+                     report: Report = lambda _: None, *, document_id: str | None = None,
+                     commit: Commit | None = None, embed: Embed | None = None) -> Progress:
+        """Ingest `upload`; returns the final DONE progress (with the document).
+
+        `document_id` fixes the new document's id (an operation's, so a retry after a
+        lost worker rewrites the same chunk ids instead of adding others); `commit`
+        replaces the plain record commit (an operation's, which also ends it); `embed`
+        the service's embedding call (a background job's, with the owner's identity)."""
         report(Progress(Stage.RECEIVED))
         sha256 = hashlib.sha256(upload.content).hexdigest()
         existing = await self._existing(user_id, upload.collection, sha256)
@@ -83,11 +92,14 @@ class Ingestor:
         chunks = await asyncio.to_thread(self._chunker.split, parsed.text, parsed.content_type)
         total = len(chunks)
         report(Progress(Stage.CHUNKED, total=total))
-        document_id = uuid.uuid4().hex
+        shared_id = document_id is not None  # other attempts may use (and commit) it
+        document_id = document_id or uuid.uuid4().hex
+        commit = commit or self._records.commit
+        embed = embed or self._embed
         try:
             for start in range(0, total, self._batch_size):
                 batch = chunks[start:start + self._batch_size]
-                vectors = await self._embed(batch)
+                vectors = await embed(batch)
                 await self._store.add(user_id, document_id, upload.collection,
                                       upload.filename, start, batch, vectors)
                 report(Progress(Stage.EMBEDDED, embedded=start + len(batch), total=total))
@@ -95,9 +107,9 @@ class Ingestor:
                                     filename=upload.filename, content_type=parsed.content_type,
                                     size=len(upload.content), chunks=total, sha256=sha256,
                                     create_time=time.time())
-            duplicate_id = await self._records.commit(user_id, record)
+            duplicate_id = await commit(user_id, record)
         except BaseException:
-            await self._discard(user_id, document_id)
+            await self._discard(user_id, document_id, shared_id)
             raise
         if duplicate_id is not None:  # an identical upload committed first
             await self._discard(user_id, document_id)
@@ -119,9 +131,17 @@ class Ingestor:
         report(final)
         return final
 
-    async def _discard(self, user_id: str, document_id: str) -> None:
-        """Delete a failed ingestion's chunks, even while being cancelled."""
+    async def _discard(self, user_id: str, document_id: str, shared_id: bool = False) -> None:
+        """Delete a failed ingestion's chunks, even while being cancelled. A shared id
+        (an operation's: its retries use it too) may have been committed by another
+        attempt meanwhile: then the chunks are that document's and stay."""
         try:
-            await asyncio.shield(self._store.delete_document(user_id, document_id))
+            await asyncio.shield(self._discard_uncommitted(user_id, document_id)
+                                 if shared_id else
+                                 self._store.delete_document(user_id, document_id))
         except Exception:
             log.exception("could not discard the chunks of failed ingestion %s", document_id)
+
+    async def _discard_uncommitted(self, user_id: str, document_id: str) -> None:
+        if document_id not in await self._records.committed(user_id, [document_id]):
+            await self._store.delete_document(user_id, document_id)

@@ -25,12 +25,7 @@ class ParsedText:
 
 def parse(content: bytes, filename: str, claimed_type: str = "") -> ParsedText:
     """Text of an upload; INVALID_ARGUMENT (field `content`) when it cannot be used."""
-    if not content:
-        raise _bad("content", "the file is empty", "EMPTY_FILE")
-    if claimed_type and claimed_type not in SUPPORTED:
-        raise _bad("source.content_type",
-                   f"unsupported content type {claimed_type!r}; use one of "
-                   f"{', '.join(SUPPORTED)}", "UNSUPPORTED_CONTENT_TYPE")
+    precheck(content, claimed_type)
     if content.startswith(b"%PDF-"):
         if claimed_type and claimed_type != PDF:
             raise _mismatch(claimed_type, PDF)
@@ -40,6 +35,16 @@ def parse(content: bytes, filename: str, claimed_type: str = "") -> ParsedText:
     text = _utf8_text(content)
     markdown = claimed_type == MARKDOWN or filename.lower().endswith(_MARKDOWN_EXTENSIONS)
     return ParsedText(MARKDOWN if markdown else PLAIN, text)
+
+
+def precheck(content: bytes, claimed_type: str = "") -> None:
+    """The checks that need no parsing (done before an upload is accepted for later)."""
+    if not content:
+        raise _bad("content", "the file is empty", "EMPTY_FILE")
+    if claimed_type and claimed_type not in SUPPORTED:
+        raise _bad("source.content_type",
+                   f"unsupported content type {claimed_type!r}; use one of "
+                   f"{', '.join(SUPPORTED)}", "UNSUPPORTED_CONTENT_TYPE")
 
 
 def _utf8_text(content: bytes) -> str:

@@ -30,6 +30,48 @@ redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
 return ''
 """
 
+# _COMMIT, and the operation that ingested the document ends with it, atomically: a
+# document of an operation is committed at most once, and only while the operation is
+# open (not cancelled, failed or completed by another worker).
+# KEYS: record, listing, ids, dedupe, coll_docs, coll_chunks, collection listing,
+#       operation, operation's upload
+# ARGV: id, collection, filename, content_type, size, chunks, sha256, create_time,
+#       now, operation retention seconds
+# Returns '' (committed), 'dup:<id>' (identical content was there: the operation ends
+# with that document), 'committed' (this document was already committed by this
+# operation) or 'closed' (the operation ended without it: nothing written).
+_COMMIT_OPERATION = """
+local state = redis.call('HMGET', KEYS[8], 'done', 'result_document')
+if not state[1] then return 'closed' end
+if state[1] == '1' then
+  if state[2] == ARGV[1] then return 'committed' end
+  return 'closed'
+end
+local existing = redis.call('GET', KEYS[4])
+local result = ARGV[1]
+local dedup = '0'
+if existing then
+  result = existing
+  dedup = '1'
+else
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'collection', ARGV[2], 'filename', ARGV[3],
+             'content_type', ARGV[4], 'size', ARGV[5], 'chunks', ARGV[6], 'sha256', ARGV[7],
+             'create_time', ARGV[8])
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('SET', KEYS[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[6], ARGV[2], tonumber(ARGV[6]))
+  redis.call('ZADD', KEYS[7], ARGV[8], ARGV[1])
+end
+redis.call('HSET', KEYS[8], 'done', '1', 'result_document', result, 'deduplicated', dedup,
+           'stage', '6', 'embedded', ARGV[6], 'total', ARGV[6], 'update_time', ARGV[9])
+redis.call('EXPIRE', KEYS[8], ARGV[10])
+redis.call('DEL', KEYS[9])
+if existing then return 'dup:' .. existing end
+return ''
+"""
+
 # KEYS: record, listing, ids, coll_docs, coll_chunks
 # ARGV: id, dedupe key prefix, collection listing prefix
 _REMOVE = """
@@ -69,6 +111,7 @@ class DocumentRecords:
         self._redis = redis
         self._commit = redis.register_script(_COMMIT)
         self._remove = redis.register_script(_REMOVE)
+        self._commit_operation = redis.register_script(_COMMIT_OPERATION)
 
     async def commit(self, user_id: str, record: DocumentRecord) -> str | None:
         """Make `record` visible; returns the id of an identical document if one exists."""
@@ -80,6 +123,22 @@ class DocumentRecords:
             args=[record.id, record.collection, record.filename, record.content_type,
                   record.size, record.chunks, record.sha256, repr(record.create_time)])
         return existing or None
+
+    async def commit_operation(self, user_id: str, record: DocumentRecord, *,
+                               operation_key: str, upload_key: str, now: float,
+                               retention_seconds: int) -> str:
+        """`commit`, and the operation ends with the document, in one step (see
+        _COMMIT_OPERATION for the answers)."""
+        keys = _Keys(user_id)
+        answer = await self._commit_operation(
+            keys=[keys.record(record.id), keys.listing, keys.ids,
+                  keys.dedupe(record.collection, record.sha256), keys.coll_docs,
+                  keys.coll_chunks, keys.collection_listing(record.collection),
+                  operation_key, upload_key],
+            args=[record.id, record.collection, record.filename, record.content_type,
+                  record.size, record.chunks, record.sha256, repr(record.create_time),
+                  repr(now), retention_seconds])
+        return text(answer)
 
     async def find_duplicate(self, user_id: str, collection: str, sha256: str) -> str | None:
         found = await self._redis.get(_Keys(user_id).dedupe(collection, sha256))
@@ -130,9 +189,14 @@ class DocumentRecords:
         return {name: (int(count), int(chunks.get(name, 0))) for name, count in docs.items()}
 
 
+def user_key_base(user_id: str) -> str:
+    """The prefix (with the user's hash tag) of every key of one user's documents."""
+    return f"document:{{{user_id}}}"
+
+
 class _Keys:
     def __init__(self, user_id: str) -> None:
-        base = f"document:{{{user_id}}}"
+        base = user_key_base(user_id)
         self.listing = f"{base}:listing"
         self.ids = f"{base}:ids"
         self.coll_docs = f"{base}:collections:documents"

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from google.longrunning import operations_proto_pb2  # type: ignore[import-untyped]
 from google.protobuf import empty_pb2
 from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from services.document.ingestion import Ingestor, Progress, Stage, Upload
 from services.document.library import DocumentLibrary
+from services.document.operations import OPERATION_STAGE_DONE, OperationState
+from services.document.operations_servicer import POLL_SECONDS, OperationReader
+from services.document.parsing import precheck
+from services.document.queue import IngestQueue
 from services.document.records import DocumentRecord
 from services.document.validation import (
     check_search,
@@ -21,10 +27,12 @@ from services.document.validation import (
 )
 from services.runtime.context import current_user
 from services.runtime.errors import (
+    FailedPrecondition,
     FieldViolation,
     Internal,
     InvalidArgument,
     LlmmeshError,
+    Unimplemented,
     check_fields,
     to_status,
 )
@@ -39,17 +47,26 @@ _STAGES = {stage: document_pb2.IngestStage.Value(f"INGEST_STAGE_{stage.name}")
 
 
 class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
+    """`queue` and `operations` serve ImportDocument and following an operation (without
+    them those answer UNIMPLEMENTED); `sync_max_bytes` (default: the upload limit) bounds
+    what is ingested within a call."""
+
     def __init__(self, ingestor: Ingestor, library: DocumentLibrary,
-                 max_upload_bytes: int) -> None:
+                 max_upload_bytes: int, *, sync_max_bytes: int | None = None,
+                 queue: IngestQueue | None = None,
+                 operations: OperationReader | None = None) -> None:
         self._ingestor = ingestor
         self._library = library
         self._max_bytes = max_upload_bytes
+        self._sync_max_bytes = max_upload_bytes if sync_max_bytes is None else sync_max_bytes
+        self._queue = queue
+        self._operations_ = operations
 
     async def CreateDocument(self, request: document_pb2.CreateDocumentRequest,
                              context: grpc.aio.ServicerContext[
                                  document_pb2.CreateDocumentRequest, document_pb2.Document]
                              ) -> document_pb2.Document:
-        upload = self._upload(request.source, request.content)
+        upload = self._sync_upload(request.source, request.content)
         done = await self._ingestor.ingest(current_user().subject, upload)
         return _document(done)
 
@@ -73,19 +90,56 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
             received += len(message.content)
             if received > self._max_bytes:  # stop reading: never buffer past the limit
                 raise _too_large(self._max_bytes)
+            if received > self._sync_max_bytes:  # refused at the end: keep counting only
+                parts.clear()
+                continue
             parts.append(message.content)
         if source is None:
             raise _invalid("source", "the stream carried no source")
+        if received > self._sync_max_bytes:
+            raise _use_import(self._sync_max_bytes)
         done = await self._ingestor.ingest(current_user().subject,
-                                           self._upload(source, b"".join(parts)))
+                                           self._sync_upload(source, b"".join(parts)))
         return _document(done)
+
+    async def ImportDocument(self, request: document_pb2.ImportDocumentRequest,
+                             context: grpc.aio.ServicerContext[
+                                 document_pb2.ImportDocumentRequest,
+                                 operations_proto_pb2.Operation]
+                             ) -> operations_proto_pb2.Operation:
+        upload = self._upload(request.source, request.content)
+        precheck(upload.content, upload.claimed_type)
+        user = current_user()
+        user_id = user.subject
+        store = self._operations.operations
+        queue = self._queue
+        if queue is None:
+            raise Unimplemented("long-running operations are not configured here")
+        state = await store.create(user_id, upload.filename, upload.collection,
+                                   upload.claimed_type, upload.content)
+        try:
+            await queue.add(user_id, state.id)
+        except BaseException:
+            # Not queued: end it now rather than leave an operation no worker will run
+            # (if Redis is gone too, the upload's TTL ends it: the caller sees the error).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.fail(user_id, state.id, to_status(
+                    Internal("the upload could not be queued", reason="NOT_QUEUED"))))
+            raise
+        return await self._operations.message(state)
 
     async def IngestDocument(self, request: document_pb2.IngestDocumentRequest,
                              context: grpc.aio.ServicerContext[
                                  document_pb2.IngestDocumentRequest,
                                  document_pb2.IngestDocumentResponse]
                              ) -> AsyncIterator[document_pb2.IngestDocumentResponse]:
-        upload = self._upload(request.source, request.content)  # bad input: plain status
+        if request.operation:
+            if request.HasField("source") or request.content:
+                raise _invalid("operation", "send either an operation to follow, or a file")
+            async for followed in self._follow(request.operation):
+                yield followed
+            return
+        upload = self._sync_upload(request.source, request.content)  # bad input: status
         user_id = current_user().subject
         events: asyncio.Queue[Progress | BaseException] = asyncio.Queue()
         task = asyncio.create_task(self._ingestor.ingest(user_id, upload, events.put_nowait))
@@ -173,6 +227,47 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
                                                  chunk_count=c.chunks) for c in page.items],
             next_page_token=page.next_page_token)
 
+    async def _follow(self, name: str) -> AsyncIterator[document_pb2.IngestDocumentResponse]:
+        """An operation's progress as IngestDocument events, until it ends."""
+        user_id = current_user().subject
+        state = await self._operations.state(user_id, name, "operation")
+        last: tuple[int, int, int] | None = None
+        while not state.done:
+            seen = (state.stage, state.embedded, state.total)
+            if seen != last:
+                last = seen
+                yield document_pb2.IngestDocumentResponse(
+                    stage=_stage(state.stage), embedded_chunks=state.embedded,
+                    total_chunks=state.total)
+            await asyncio.sleep(POLL_SECONDS)
+            state = await self._operations.state(user_id, name, "operation")
+        yield await self._ended(state)
+
+    async def _ended(self, state: OperationState) -> document_pb2.IngestDocumentResponse:
+        if state.error is not None:
+            return document_pb2.IngestDocumentResponse(
+                stage=document_pb2.INGEST_STAGE_FAILED, embedded_chunks=state.embedded,
+                total_chunks=state.total, error=state.error)
+        operation = await self._operations.message(state)
+        document = document_pb2.Document()
+        operation.response.Unpack(document)
+        return document_pb2.IngestDocumentResponse(
+            stage=_stage(OPERATION_STAGE_DONE), embedded_chunks=document.chunk_count,
+            total_chunks=document.chunk_count, document=document)
+
+    @property
+    def _operations(self) -> OperationReader:
+        if self._operations_ is None:
+            raise Unimplemented("long-running operations are not configured here")
+        return self._operations_
+
+    def _sync_upload(self, source: document_pb2.DocumentSource, content: bytes) -> Upload:
+        """An upload to ingest within the call: at most the synchronous limit."""
+        upload = self._upload(source, content)
+        if len(content) > self._sync_max_bytes:
+            raise _use_import(self._sync_max_bytes)
+        return upload
+
     def _upload(self, source: document_pb2.DocumentSource, content: bytes) -> Upload:
         collection = check_source(source.filename, source.collection)
         if len(content) > self._max_bytes:
@@ -188,6 +283,17 @@ def _invalid(field: str, description: str) -> InvalidArgument:
 def _too_large(limit: int) -> InvalidArgument:
     return InvalidArgument([FieldViolation("content", f"the file exceeds {limit} bytes")],
                            reason="UPLOAD_TOO_LARGE", metadata={"limit_bytes": str(limit)})
+
+
+def _stage(value: int) -> document_pb2.IngestStage.ValueType:
+    return document_pb2.IngestStage.ValueType(value)
+
+
+def _use_import(limit: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"files over {limit} bytes are ingested in the background: use ImportDocument "
+        "(POST /v1/documents:import), which returns an operation",
+        reason="SYNC_UPLOAD_TOO_LARGE", metadata={"limit_bytes": str(limit)})
 
 
 def _resource(record: DocumentRecord, deduplicated: bool = False) -> document_pb2.Document:
