@@ -33,7 +33,7 @@ class PasswordHasher:
         """True when `password` matches; always spends one bcrypt check."""
         target = hashed.encode("ascii") if hashed else self._dummy_hash
         matches = await self._run(bcrypt.checkpw, password.encode("utf-8"), target)
-        return bool(matches) and hashed is not None
+        return bool(matches) and bool(hashed)  # no hash (or an empty one): never a match
 
     async def _run(self, function: Callable[[*Args], Result], *args: *Args) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
