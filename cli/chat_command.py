@@ -3,7 +3,8 @@
 Uses the session saved by `llmmesh login`, reads messages line by line, streams each
 answer's tokens as they arrive, lists the sources it was grounded in, and keeps the
 conversation going. `/new` starts a fresh conversation, `/quit` (or end of input)
-leaves.
+leaves. A stream that breaks mid-answer is resumed from the last event received
+(ResumeStreamChat, docs/streams.md), so the answer goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import AsyncIterable
 from typing import TextIO
 
 import grpc
@@ -19,6 +21,9 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from cli.session import Endpoints, Session
 
 PROMPT = "you> "
+RESUME_DELAYS = (0.2, 1.0, 3.0)  # pauses before the tries to resume a broken stream
+_RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                        grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -63,34 +68,57 @@ class Conversation:
 
     def __init__(self, stub: chat_pb2_grpc.ChatServiceAsyncStub,
                  metadata: tuple[tuple[str, str], ...], options: chat_pb2.ChatOptions,
-                 conversation: str, out: TextIO) -> None:
+                 conversation: str, out: TextIO,
+                 resume_delays: tuple[float, ...] = RESUME_DELAYS) -> None:
         self._stub = stub
         self._metadata = metadata
         self._options = options
         self.conversation = conversation
         self._out = out
+        self._resume_delays = resume_delays
 
     async def send(self, message: str) -> bool:
         """Stream one answer; False when the call itself failed.
 
         An answer is complete only when its stream ends with `done` or `error`: a stream
-        that stops without either was cut (a chat process lost mid-answer) and is said so.
+        that stops without either, or breaks, once its turn is known is resumed after
+        the last event received (a few tries); one that cannot be resumed was cut (a
+        chat process lost mid-answer) and is said so.
         """
         request = chat_pb2.StreamChatRequest(message=message, conversation=self.conversation,
                                              options=self._options)
-        ended = False
-        try:
-            async for event in self._stub.StreamChat(request, metadata=self._metadata):
-                self._render(event)
-                ended = ended or event.WhichOneof("event") in {"done", "error"}
-        except grpc.aio.AioRpcError as error:
-            self._out.write(f"\nerror: {error.code().name}: {error.details()}\n")
-            return error.code() not in {grpc.StatusCode.UNAUTHENTICATED,
-                                        grpc.StatusCode.UNAVAILABLE}
-        if not ended:
-            self._out.write("\nerror: the answer was cut off (the stream ended without "
-                            "done); ask again\n")
-        return True
+        stream: AsyncIterable[chat_pb2.StreamChatResponse] = self._stub.StreamChat(
+            request, metadata=self._metadata)
+        turn, last = "", 0
+        tries = iter(self._resume_delays)
+        while True:
+            ended = False
+            try:
+                async for event in stream:
+                    if event.sequence and event.sequence <= last:
+                        continue  # already shown (never twice)
+                    last = event.sequence or last
+                    if event.WhichOneof("event") == "start":
+                        turn = event.start.turn
+                    self._render(event)
+                    ended = ended or event.WhichOneof("event") in {"done", "error"}
+            except grpc.aio.AioRpcError as error:
+                delay = next(tries, None) if turn and error.code() in _RESUMABLE else None
+                if delay is None:
+                    self._out.write(f"\nerror: {error.code().name}: {error.details()}\n")
+                    return error.code() not in {grpc.StatusCode.UNAUTHENTICATED,
+                                                grpc.StatusCode.UNAVAILABLE}
+            else:
+                if ended:
+                    return True
+                delay = next(tries, None) if turn else None
+                if delay is None:
+                    self._out.write("\nerror: the answer was cut off (the stream ended "
+                                    "without done); ask again\n")
+                    return True
+            await asyncio.sleep(delay)
+            stream = self._stub.ResumeStreamChat(chat_pb2.ResumeStreamChatRequest(
+                name=turn, after_sequence=last), metadata=self._metadata)
 
     def _render(self, event: chat_pb2.StreamChatResponse) -> None:
         out = self._out

@@ -25,6 +25,10 @@
   let refreshing = null;     // the refresh in flight (one at a time: tokens rotate)
   let conversation = "";     // "conversations/…" or "" for a new one
   let chatAbort = null;
+  let chatTurn = "";         // the running answer's turn (conversations/…/turns/…)
+  // Pauses before the tries to resume a dropped answer stream (docs/streams.md).
+  const RESUME_DELAYS_MS = [300, 1000, 3000];
+  const pause = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
   // --- errors ------------------------------------------------------------------------
 
@@ -539,12 +543,18 @@
       ? `/v1/conversations/${encodeURIComponent(conversationId(conversation))}:streamChat`
       : "/v1/conversations:streamChat";
     let ended = null;
+    let last = 0;  // the last event's sequence: a dropped stream resumes after it
+    chatTurn = "";
     try {
-      const response = await request("POST", path,
+      let response = await request("POST", path,
         { message: text, options: { useRag: $("use-rag").checked } },
         { signal: controller.signal });
-      await readEvents(response, (item) => {
+      const onEvent = (item) => {
+        const sequence = Number(item.sequence || 0);
+        if (sequence && sequence <= last) return;  // already shown
+        if (sequence) last = sequence;
         if (item.start) {
+          if (chatAbort === controller) chatTurn = item.start.turn || "";
           if (item.start.conversation && item.start.conversation !== conversation) {
             conversation = item.start.conversation;
             sessionStorage.setItem(CONVERSATION_KEY, conversation);
@@ -563,8 +573,31 @@
         } else if (item.error) {
           ended = { error: new ApiError(HTTP_OF_CODE[item.error.code] || 500, item.error) };
         }
-      });
-      if (!ended) throw new CutStream("the answer ended without done or error");
+      };
+      const turn = () => (chatAbort === controller ? chatTurn : "");
+      for (let attempt = 0; ; attempt += 1) {
+        let cut = null;
+        try {
+          if (response) await readEvents(response, onEvent);
+          if (ended) break;
+          cut = new CutStream("the answer ended without done or error");
+        } catch (err) {
+          if (!(err instanceof CutStream)) throw err;
+          cut = err;
+        }
+        // Dropped: the turn goes on on the server; read on after the last event seen.
+        if (!turn() || attempt >= RESUME_DELAYS_MS.length) throw cut;
+        await pause(RESUME_DELAYS_MS[attempt]);
+        if (controller.signal.aborted) throw new DOMException("stopped", "AbortError");
+        try {
+          response = await request("POST", `/v1/${turn()}:resume`,
+            { afterSequence: String(last) }, { signal: controller.signal });
+        } catch (err) {
+          if (err && err.name === "AbortError") throw err;
+          if (err instanceof ApiError && err.status < 500) throw err;
+          response = null;  // unreachable for now: try again
+        }
+      }
       if (ended.error) throw ended.error;
       const done = ended.done;
       if (done.finishReason === "FINISH_REASON_QUOTA_EXHAUSTED") {
@@ -572,6 +605,8 @@
           "being written. It renews at the start of next month.");
       } else if (done.finishReason === "FINISH_REASON_LENGTH") {
         notify("The answer stopped at its length limit.", "info");
+      } else if (done.finishReason === "FINISH_REASON_CANCELLED") {
+        notify("The answer was stopped before it finished; it is not saved.", "info");
       } else if (done.finishReason === "FINISH_REASON_CONTENT_FILTER") {
         notify("The model's provider filtered the answer.", "info");
       } else if (done.stored === false) {
@@ -591,7 +626,10 @@
       if (statusOf(err) !== 401 && !$("message").value) $("message").value = text;
     } finally {
       bubble.removeAttribute("aria-busy");
-      if (chatAbort === controller) chatAbort = null;
+      if (chatAbort === controller) {
+        chatAbort = null;
+        chatTurn = "";
+      }
       $("stop").hidden = true;
       release($("send"));
       if (session) {
@@ -643,7 +681,11 @@
     });
     $("upload-form").addEventListener("submit", upload);
     $("chat-form").addEventListener("submit", send);
-    $("stop").addEventListener("click", () => { if (chatAbort) chatAbort.abort(); });
+    $("stop").addEventListener("click", () => {
+      // Stop the answer on the server too (else it runs on for the disconnect grace).
+      if (chatTurn) call("POST", `/v1/${chatTurn}:cancel`, {}).catch(() => {});
+      if (chatAbort) chatAbort.abort();
+    });
     $("message").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();

@@ -134,6 +134,11 @@ class ChatConfig:
     embedding_address: str
     reservation_ttl_seconds: int
     peer_timeout_seconds: float
+    # Resumable streams (services/chat/live_turns.py): how long a turn's event log is
+    # kept, how long a turn nobody reads keeps running, how often it checks.
+    resume_ttl_seconds: int = 3600
+    disconnect_grace_seconds: float = 30.0
+    turn_heartbeat_seconds: float = 0.5
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ChatConfig:
@@ -157,6 +162,11 @@ class ChatConfig:
                                                 minimum=1, maximum=86400),
             peer_timeout_seconds=env.number("LLMMESH_CHAT_PEER_TIMEOUT_SECONDS", 10.0,
                                             minimum=0.1),
+            resume_ttl_seconds=env.integer("LLMMESH_CHAT_RESUME_TTL_SECONDS", 3600,
+                                           minimum=10, maximum=7 * 86400),
+            disconnect_grace_seconds=env.number("LLMMESH_CHAT_DISCONNECT_GRACE_SECONDS", 30.0),
+            turn_heartbeat_seconds=env.number("LLMMESH_CHAT_TURN_HEARTBEAT_SECONDS", 0.5,
+                                              minimum=0.02),
         )
 
 

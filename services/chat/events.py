@@ -17,6 +17,7 @@ class FinishReason(enum.Enum):
     LENGTH = "length"
     QUOTA_EXHAUSTED = "quota_exhausted"
     CONTENT_FILTER = "content_filter"
+    CANCELLED = "cancelled"  # CancelTurn, no reader back within the grace, or shutdown
 
     @classmethod
     def from_provider(cls, value: str | None) -> FinishReason:

@@ -29,9 +29,9 @@ from llmmesh.auth.v1 import quota_pb2, quota_pb2_grpc
 from services.runtime import tracing
 from services.runtime.authn import SERVICE_TOKEN_HEADER
 from services.runtime.context import remaining_deadline, request_id_var, servicer_context_var
-from services.runtime.errors import Unavailable
+from services.runtime.errors import LlmmeshError, Unavailable, from_status
 from services.runtime.interceptor import REQUEST_ID_HEADER
-from services.runtime.rpc_errors import PEER_RETRY_SECONDS, from_peer
+from services.runtime.rpc_errors import PEER_RETRY_SECONDS, from_peer, peer_status
 
 log = logging.getLogger("llmmesh.chat.quota")
 
@@ -90,14 +90,18 @@ class QuotaClient:
         self._open: set[str] = set()  # holds granted and not yet settled or released
         self._none_open = asyncio.Event()
 
-    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
-        """Hold `tokens`; ResourceExhausted (with QuotaFailure) when they do not fit.
-        The granted hold fills `into` when given (and is returned)."""
+    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None, *,
+                      model: str = "") -> Hold:
+        """Hold `tokens` for `model`; ResourceExhausted (with QuotaFailure) when they do
+        not fit the user's or their team's budget, PermissionDenied (MODEL_NOT_ALLOWED)
+        when the team does not allow the model. The granted hold fills `into` when
+        given (and is returned)."""
         try:
             answer = await self._stub.ReserveTokens(quota_pb2.ReserveTokensRequest(
-                user_id=user_id, tokens=tokens, ttl=self._ttl), **self._call_options())
+                user_id=user_id, tokens=tokens, ttl=self._ttl, model=model),
+                **self._call_options())
         except grpc.aio.AioRpcError as error:
-            raise from_peer(error, "quota") from None
+            raise _refusal(error) from None
         self._open.add(answer.reservation.reservation_id)
         self._none_open.clear()
         hold = into or Hold("", 0)
@@ -105,6 +109,15 @@ class QuotaClient:
         hold.tokens = answer.reservation.tokens
         hold.expire_time = _seconds(answer.reservation.expire_time)
         return hold
+
+    async def allowed_models(self, user_id: str) -> frozenset[str] | None:
+        """The model ids the user's team allows; None when every model is allowed."""
+        try:
+            answer = await self._stub.GetEntitlements(quota_pb2.GetEntitlementsRequest(
+                user_id=user_id), **self._call_options())
+        except grpc.aio.AioRpcError as error:
+            raise from_peer(error, "quota") from None
+        return frozenset(answer.allowed_models) or None
 
     async def extend(self, hold: Hold, tokens: int, delivered_tokens: int = 0) -> bool:
         """Grow `hold` by `tokens`, checkpointing `delivered_tokens` (what settling now
@@ -244,6 +257,16 @@ class QuotaClient:
             log.info("quota %s failed; retrying", what,
                      extra={"code": failure, "attempt": attempt})
             await asyncio.sleep(delay)
+
+
+def _refusal(error: grpc.aio.AioRpcError) -> LlmmeshError:
+    """A refused reserve as the turn's error: a model the team does not allow stays
+    PERMISSION_DENIED (the peer's status as it stated it); the rest as from_peer."""
+    if error.code() == grpc.StatusCode.PERMISSION_DENIED:
+        status = peer_status(error)
+        if status is not None:
+            return from_status(status)
+    return from_peer(error, "quota")
 
 
 def _seconds(timestamp: timestamp_pb2.Timestamp) -> float:

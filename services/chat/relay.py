@@ -30,6 +30,12 @@ class DeltaRelay:
         self._closed = True
         self._ready.set()
 
+    def take_nowait(self) -> str:
+        """Everything queued (possibly nothing), without waiting."""
+        text = "".join(self._parts)
+        self._parts.clear()
+        return text
+
     async def take(self) -> str | None:
         """Everything queued since the last take (waiting for some), or None once the
         reader closed and nothing is left."""

@@ -7,11 +7,13 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from services.chat.config import ChatConfig
 from services.chat.conversations import ConversationStore
+from services.chat.live_turns import TurnHub, TurnSettings
 from services.chat.metrics import ChatMetrics
 from services.chat.quota import QuotaClient
 from services.chat.registry import ModelRegistry
 from services.chat.retrieval import DocumentSearch
 from services.chat.servicer import ChatServicer
+from services.chat.turn_log import TurnLog
 from services.chat.turns import ChatEngine
 from services.runtime.authn import AccessPolicy
 from services.runtime.embedding_client import EmbeddingClient
@@ -45,11 +47,19 @@ def create_server(config: ChatConfig | None = None) -> MeshServer:
         ConversationStore(redis, config.retention_seconds), quota, DocumentSearch(documents),
         history_turns=config.history_turns, max_message_chars=config.max_message_chars,
         on_charge=chat_metrics.charged)
+    heartbeat = config.turn_heartbeat_seconds
+    turns = TurnHub(engine, TurnLog(redis, config.resume_ttl_seconds, live_seconds=3 * heartbeat),
+                    TurnSettings(resume_ttl_seconds=config.resume_ttl_seconds,
+                                 disconnect_grace_seconds=config.disconnect_grace_seconds,
+                                 heartbeat_seconds=heartbeat))
 
     def register(server: grpc.aio.Server) -> None:
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(engine), server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(engine, turns), server)
 
     async def close() -> None:
+        # Turns still running once the calls drained (their callers gone, or cut at the
+        # shutdown grace) are cancelled: charged what they generated, their logs ended.
+        await turns.drain(runtime.shutdown_grace_seconds + 5.0)
         await quota.drain()
         for channel in (auth, quota_channel, documents, embeddings):
             await channel.close()

@@ -10,20 +10,19 @@ from google.protobuf import empty_pb2
 from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from services.chat.conversations import ConversationRecord, MessageRecord
-from services.chat.events import (
-    Delta,
-    Failed,
-    Finished,
-    FinishReason,
-    Source,
-    SourcesFound,
-    Started,
-    Usage,
-)
+from services.chat.events import Finished
+from services.chat.live_turns import TurnHub
 from services.chat.turns import ChatEngine
-from services.chat.validation import TurnOptions, TurnRequest, conversation_id
+from services.chat.validation import (
+    TurnOptions,
+    TurnRequest,
+    conversation_id,
+    resume_after,
+    turn_ids,
+)
+from services.chat.wire import FINISH, source, usage
 from services.runtime.context import current_user
-from services.runtime.errors import FieldViolation, InvalidArgument, NotFound, to_status
+from services.runtime.errors import FieldViolation, InvalidArgument, NotFound, check_fields
 from services.runtime.paging import (
     decode_offset,
     decode_page_token,
@@ -33,20 +32,15 @@ from services.runtime.paging import (
 )
 from services.runtime.timestamps import timestamp_from_millis, timestamp_from_seconds
 
-_FINISH = {
-    FinishReason.STOP: chat_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: chat_pb2.FINISH_REASON_LENGTH,
-    FinishReason.QUOTA_EXHAUSTED: chat_pb2.FINISH_REASON_QUOTA_EXHAUSTED,
-    FinishReason.CONTENT_FILTER: chat_pb2.FINISH_REASON_CONTENT_FILTER,
-}
 _ROLE = {"user": chat_pb2.ROLE_USER, "assistant": chat_pb2.ROLE_ASSISTANT}
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """The public chat API."""
 
-    def __init__(self, engine: ChatEngine) -> None:
+    def __init__(self, engine: ChatEngine, turns: TurnHub) -> None:
         self._engine = engine
+        self._turns = turns
 
     async def Chat(
             self, request: chat_pb2.ChatRequest,
@@ -58,8 +52,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         return chat_pb2.ChatResponse(
             conversation=f"conversations/{turn.conversation_id}", model=turn.model.spec.id,
             message=_answer(event, turn.model.spec.id),
-            sources=[_source(s) for s in event.sources], usage=_usage(event.usage),
-            finish_reason=_FINISH[event.finish_reason], stored=event.stored)
+            sources=[source(s) for s in event.sources], usage=usage(event.usage),
+            finish_reason=FINISH[event.finish_reason], stored=event.stored)
 
     async def StreamChat(
             self, request: chat_pb2.StreamChatRequest,
@@ -67,9 +61,34 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                                               chat_pb2.StreamChatResponse],
     ) -> AsyncGenerator[chat_pb2.StreamChatResponse, None]:
         turn = await self._engine.prepare(current_user().subject, _turn_request(request))
-        async with aclosing(self._engine.run(turn)) as events:
+        # The turn runs detached; this call reads its events from memory (a disconnect
+        # leaves it running for the grace period, for a resumer).
+        async with aclosing(self._turns.start(turn).follow()) as events:
             async for event in events:
-                yield _stream_event(event)
+                yield event
+
+    async def ResumeStreamChat(
+            self, request: chat_pb2.ResumeStreamChatRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.ResumeStreamChatRequest,
+                                              chat_pb2.StreamChatResponse],
+    ) -> AsyncGenerator[chat_pb2.StreamChatResponse, None]:
+        ids = turn_ids(request.name)
+        check_fields([None if ids else _turn_violation(), resume_after(request.after_sequence)])
+        assert ids is not None
+        async with aclosing(self._turns.resume(current_user().subject, *ids,
+                                               request.after_sequence)) as events:
+            async for event in events:
+                yield event
+
+    async def CancelTurn(
+            self, request: chat_pb2.CancelTurnRequest,
+            context: grpc.aio.ServicerContext[chat_pb2.CancelTurnRequest, empty_pb2.Empty],
+    ) -> empty_pb2.Empty:
+        ids = turn_ids(request.name)
+        if ids is None:
+            raise InvalidArgument([_turn_violation()])
+        await self._turns.cancel(current_user().subject, *ids)
+        return empty_pb2.Empty()
 
     async def GetConversation(
             self, request: chat_pb2.GetConversationRequest,
@@ -132,8 +151,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             context: grpc.aio.ServicerContext[chat_pb2.ListModelsRequest,
                                               chat_pb2.ListModelsResponse],
     ) -> chat_pb2.ListModelsResponse:
-        current_user()
-        page = paginate(self._engine.registry.all(), request, "models", default=50, maximum=100)
+        # Only the models the caller's team allows (auth's QuotaService.GetEntitlements).
+        # The engine's quota client: ChatEngine has no public handle on it yet.
+        allowed = await self._engine._quota.allowed_models(current_user().subject)
+        models = [m for m in self._engine.registry.all()
+                  if allowed is None or m.spec.id in allowed]
+        page = paginate(models, request, "models", default=50, maximum=100)
         return chat_pb2.ListModelsResponse(
             models=[chat_pb2.Model(name=f"models/{m.spec.id}", model_id=m.spec.id,
                                    provider=m.spec.provider, default=m.default,
@@ -154,40 +177,15 @@ def _turn_request(request: chat_pb2.ChatRequest | chat_pb2.StreamChatRequest) ->
             collection=options.collection, rag_top_k=options.rag_top_k))
 
 
-def _stream_event(event: object) -> chat_pb2.StreamChatResponse:
-    if isinstance(event, Delta):
-        return chat_pb2.StreamChatResponse(delta=chat_pb2.TokenDelta(text=event.text))
-    if isinstance(event, Started):
-        return chat_pb2.StreamChatResponse(start=chat_pb2.StreamStart(
-            conversation=f"conversations/{event.conversation_id}", model=event.model))
-    if isinstance(event, SourcesFound):
-        return chat_pb2.StreamChatResponse(sources=chat_pb2.SourceList(
-            sources=[_source(s) for s in event.sources]))
-    if isinstance(event, Finished):
-        return chat_pb2.StreamChatResponse(done=chat_pb2.StreamDone(
-            usage=_usage(event.usage), finish_reason=_FINISH[event.finish_reason],
-            message=event.message_name, stored=event.stored))
-    assert isinstance(event, Failed)
-    return chat_pb2.StreamChatResponse(error=to_status(event.error))
-
-
-def _source(source: Source) -> chat_pb2.Source:
-    return chat_pb2.Source(document=source.document, filename=source.filename,
-                           chunk_index=source.chunk_index, score=source.score,
-                           snippet=source.snippet())
-
-
-def _usage(usage: Usage) -> chat_pb2.TokenUsage:
-    return chat_pb2.TokenUsage(prompt_tokens=usage.prompt_tokens,
-                               completion_tokens=usage.completion_tokens,
-                               total_tokens=usage.total_tokens)
+def _turn_violation() -> FieldViolation:
+    return FieldViolation("name", "must be conversations/{conversation}/turns/{turn}")
 
 
 def _answer(event: Finished, model: str) -> chat_pb2.Message:
     return chat_pb2.Message(name=event.message_name, role=chat_pb2.ROLE_ASSISTANT,
                             content=event.content, model=model,
-                            sources=[_source(s) for s in event.sources],
-                            usage=_usage(event.usage),
+                            sources=[source(s) for s in event.sources],
+                            usage=usage(event.usage),
                             create_time=timestamp_from_seconds(event.create_time))
 
 
@@ -202,10 +200,10 @@ def _message(record: MessageRecord, conversation: str) -> chat_pb2.Message:
     message = chat_pb2.Message(
         name=f"conversations/{conversation}/messages/{record.id}", role=_ROLE[record.role],
         content=record.content, model=record.model,
-        sources=[_source(s) for s in record.sources],
+        sources=[source(s) for s in record.sources],
         create_time=timestamp_from_millis(record.create_ms))
     if record.usage is not None:
-        message.usage.CopyFrom(_usage(record.usage))
+        message.usage.CopyFrom(usage(record.usage))
     return message
 
 

@@ -9,7 +9,9 @@ first; a stream that outgrows its hold asks for more and is cut off
 (UNAVAILABLE), since that is no exhausted quota. The real usage is charged at the
 end. A turn is stored only once it completed (cut-off turns included); a cancelled
 or failed one stores nothing and is charged what it delivered (nothing at all frees
-the hold; a broken stream's last delta is not charged, as it may not have arrived).
+the hold). A streamed turn's consumer is its live turn (services/chat/live_turns.py),
+which logs every event it takes: "delivered" is what was generated into the turn's
+event log, whether or not a client read it.
 A completed turn whose history write still fails after a few quick tries finishes
 all the same, marked not stored: the answer was delivered and charged.
 """
@@ -59,6 +61,7 @@ SETTLE_WAIT_SECONDS = 2.0
 MIN_EXTENSION_TOKENS = 64
 STORE_RETRY_DELAYS = (0.1, 0.3)  # pauses between the tries to store a turn (3 tries)
 STORE_BUDGET_SECONDS = 1.0  # for all the tries together
+STOP_RETRY_SECONDS = 0.2  # a model call not ended this long after a cancel is cancelled again
 PROMPT_SCALE_WEIGHT = 0.2  # how much each finished turn moves a model's prompt scale
 
 
@@ -83,6 +86,9 @@ class PreparedTurn:
     model_call: asyncio.Task[Any] | None = None
     generation: Generation = field(default_factory=lambda: Generation())
     relay: DeltaRelay = field(default_factory=DeltaRelay)
+    charged: Usage | None = None  # what an unfinished turn was charged, once it was
+    finishing: bool = False  # generation is over: settling and storing
+    tail: str = ""  # text a cancelled stream read from the model but did not hand on
 
     @property
     def step(self) -> int:
@@ -98,8 +104,7 @@ class Generation:
     """
 
     parts: list[str] = field(default_factory=list)
-    delivered_bytes: int = 0  # UTF-8 bytes of the text handed to the client
-    last_delta_bytes: int = 0
+    delivered_bytes: int = 0  # UTF-8 bytes of the text handed on (a stream: logged)
     accepted_bytes: int = 0  # read from the model and covered by the hold
     checkpointed: int = 0  # the last delivered total reported to auth
     provider_prompt_tokens: int = 0
@@ -120,8 +125,7 @@ class Generation:
 
     def deliver(self, text: str) -> None:
         self.parts.append(text)
-        self.last_delta_bytes = len(text.encode("utf-8"))
-        self.delivered_bytes += self.last_delta_bytes
+        self.delivered_bytes += len(text.encode("utf-8"))
 
     @property
     def completion_tokens(self) -> int:
@@ -193,7 +197,8 @@ class ChatEngine:
             max_tokens=valid.max_tokens, hold=Hold("", 0))
         # The hold is filled in before the gate opens: the call never sees it empty.
         reservation = asyncio.ensure_future(
-            self._quota.reserve(user_id, estimate + valid.max_tokens, into=turn.hold))
+            self._quota.reserve(user_id, estimate + valid.max_tokens, into=turn.hold,
+                                model=valid.model.spec.id))
         with provider_gate.gate(reservation):
             turn.model_call = asyncio.create_task(
                 self._read(turn) if streamed else self._invoke(turn))
@@ -220,6 +225,7 @@ class ChatEngine:
         except BaseException:  # the consumer went away before any delta
             await _stop(reader)
             self._quota.release(turn.hold)
+            turn.charged = Usage()
             raise
         started_ms = int(time.time() * 1000)
         generation, relay = turn.generation, turn.relay
@@ -236,10 +242,22 @@ class ChatEngine:
             return
         except BaseException:  # cancelled, or the consumer went away
             await _stop(reader)
-            self._charge_partial(turn, generation, cut=True)
+            # What the model sent that the consumer had not taken yet was generated too:
+            # charged, and left for the consumer to log (`tail`).
+            turn.tail = relay.take_nowait()
+            if turn.tail:
+                generation.deliver(turn.tail)
+            self._charge_partial(turn, generation)
             raise
         async for event in self._finish(turn, generation, started_ms):
             yield event
+
+    async def abandon(self, turn: PreparedTurn) -> None:
+        """Drop a prepared turn that never ran: stop its model call, free its hold."""
+        if turn.model_call is not None:
+            await _stop(turn.model_call)
+        self._quota.release(turn.hold)
+        turn.charged = Usage()
 
     async def answer(self, turn: PreparedTurn) -> Finished:
         """The whole answer from one non-streamed model call (the hold already covers
@@ -344,6 +362,7 @@ class ChatEngine:
     async def _finish(self, turn: PreparedTurn, generation: Generation,
                       started_ms: int) -> AsyncGenerator[Event, None]:
         """Settle, then SourcesFound (RAG) and Finished once the turn is stored."""
+        turn.finishing = True
         self._learn_prompt_scale(turn, generation)
         usage = self._usage(turn, generation)
         # Settled before anything else is yielded: the whole answer was delivered.
@@ -408,18 +427,15 @@ class ChatEngine:
         self._prompt_scale[turn.model.spec.id] = (
             ratio if previous is None else previous + PROMPT_SCALE_WEIGHT * (ratio - previous))
 
-    def _charge_partial(self, turn: PreparedTurn, generation: Generation, *,
-                        cut: bool = False) -> None:
-        """Charge an unfinished turn what it delivered (nothing: release the hold). A
-        `cut` stream's last delta was handed to a connection that then broke, so it may
-        never have arrived: it is not charged (never more than the client got)."""
+    def _charge_partial(self, turn: PreparedTurn, generation: Generation) -> None:
+        """Charge an unfinished turn what it delivered (nothing: release the hold); a
+        stream's consumer logs every delta it takes, so all of them count."""
         if not generation.delivered_bytes:
             self._quota.release(turn.hold)
-        elif cut:
-            handed_over = generation.delivered_bytes - generation.last_delta_bytes
-            self._settle(turn, Usage(self._prompt_count(turn), tokens_in_bytes(handed_over)))
+            turn.charged = Usage()
         else:
-            self._settle(turn, self._usage(turn, generation))
+            turn.charged = self._usage(turn, generation)
+            self._settle(turn, turn.charged)
 
     def _settle(self, turn: PreparedTurn, usage: Usage) -> asyncio.Task[None]:
         if self._on_charge is not None:
@@ -471,10 +487,13 @@ class ChatEngine:
                                             answer=answer)
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended (its provider request closed)."""
-    task.cancel()
-    await asyncio.wait({task})
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended (its provider request closed). The
+    cancel is repeated while the task runs on: one was seen lost inside the provider
+    client (Python 3.11), leaving the model's stream read to its end."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_RETRY_SECONDS)
 
 
 async def _no_history() -> list[HistoryMessage]:

@@ -11,6 +11,7 @@ from services.runtime.errors import FieldViolation, InvalidArgument, check_field
 from services.runtime.names import collection_violation, document_name_violation
 
 CONVERSATION_NAME = re.compile(r"^conversations/([0-9a-f]{32})$")
+TURN_NAME = re.compile(r"^conversations/([0-9a-f]{32})/turns/([0-9a-f]{32})$")
 MAX_TEMPERATURE = 2.0
 DEFAULT_TOP_K, MAX_TOP_K = 4, 20
 MAX_DOCUMENTS = 100
@@ -72,6 +73,18 @@ def conversation_id(name: str, field_name: str = "name") -> str:
     if match is None:
         raise InvalidArgument([FieldViolation(field_name, "must be conversations/{conversation}")])
     return match.group(1)
+
+
+def turn_ids(name: str) -> tuple[str, str] | None:
+    """The (conversation, turn) ids in `conversations/{c}/turns/{t}`; None if malformed."""
+    match = TURN_NAME.match(name)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def resume_after(sequence: int) -> FieldViolation | None:
+    if sequence < 0:
+        return FieldViolation("after_sequence", "must be 0 or more")
+    return None
 
 
 def _message(message: str, limit: int) -> FieldViolation | None:

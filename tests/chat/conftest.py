@@ -21,6 +21,7 @@ from tests.conftest import mesh_env
 from tests.helpers import LoggedIn, register_and_login
 
 HISTORY_TURNS = 3
+DISCONNECT_GRACE_SECONDS = 0.3
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,10 @@ def chat_env(redis_server: LocalRedis, data_dir: Path, auth_address: str,
     dead = f"http://127.0.0.1:{free_port()}/v1"
     return mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address,
                     LLMMESH_CHAT_MODELS=json.dumps(model_entries(model_server.base_url, dead)),
-                    LLMMESH_CHAT_HISTORY_TURNS=str(HISTORY_TURNS))
+                    LLMMESH_CHAT_HISTORY_TURNS=str(HISTORY_TURNS),
+                    # A turn nobody reads is cancelled soon (tests/chat/test_resume.py).
+                    LLMMESH_CHAT_DISCONNECT_GRACE_SECONDS=str(DISCONNECT_GRACE_SECONDS),
+                    LLMMESH_CHAT_TURN_HEARTBEAT_SECONDS="0.05")
 
 
 @pytest.fixture(scope="session")

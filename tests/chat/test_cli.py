@@ -8,6 +8,7 @@ import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.rpc import status_pb2
 from llmmesh.chat.v1 import chat_pb2
@@ -101,3 +102,53 @@ async def test_an_answer_not_saved_says_so() -> None:
     await chat_command.Conversation(_Stream(START, DELTA, done), (), chat_pb2.ChatOptions(),
                                     "", out).send("q")
     assert "not saved to the conversation" in out.getvalue()
+
+
+class _Broken:
+    """StreamChat breaks (UNAVAILABLE) after two events; ResumeStreamChat serves the rest
+    of the turn after the sequence asked for, once after a failed try."""
+
+    def __init__(self) -> None:
+        turn = "conversations/c1/turns/t1"
+        self.events = [
+            chat_pb2.StreamChatResponse(sequence=1, start=chat_pb2.StreamStart(
+                conversation="conversations/c1", model="echo", turn=turn)),
+            chat_pb2.StreamChatResponse(sequence=2, delta=chat_pb2.TokenDelta(text="half ")),
+            chat_pb2.StreamChatResponse(sequence=3, delta=chat_pb2.TokenDelta(text="and rest")),
+            chat_pb2.StreamChatResponse(sequence=4, done=chat_pb2.StreamDone(stored=True)),
+        ]
+        self.resumed: list[tuple[str, int]] = []
+
+    def _answer(self, events: list[chat_pb2.StreamChatResponse], fail: bool
+                ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        async def answer() -> AsyncIterator[chat_pb2.StreamChatResponse]:
+            for event in events:
+                yield event
+            if fail:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), "connection reset")
+        return answer()
+
+    def StreamChat(self, request: chat_pb2.StreamChatRequest,
+                   metadata: object) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        return self._answer(self.events[:2], fail=True)
+
+    def ResumeStreamChat(self, request: chat_pb2.ResumeStreamChatRequest,
+                         metadata: object) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        self.resumed.append((request.name, request.after_sequence))
+        if len(self.resumed) == 1:  # the first try fails before any event
+            return self._answer([], fail=True)
+        # Replays one event already shown: the CLI must not show it twice.
+        return self._answer(self.events[request.after_sequence - 1:], fail=False)
+
+
+async def test_a_broken_stream_is_resumed_after_the_last_event_shown() -> None:
+    out = io.StringIO()
+    stub = _Broken()
+    conversation = chat_command.Conversation(stub, (), chat_pb2.ChatOptions(), "", out,  # type: ignore[arg-type]
+                                             resume_delays=(0, 0, 0))
+    assert await conversation.send("question") is True
+    assert stub.resumed == [("conversations/c1/turns/t1", 2)] * 2
+    shown = out.getvalue()
+    assert "half and rest" in shown and shown.count("half") == 1
+    assert "error" not in shown and "cut off" not in shown

@@ -102,7 +102,10 @@ async def test_a_stream_that_runs_out_is_cut_off_and_charged_what_it_delivered(
                 await _limit(quota_stub, alice, hold)  # no room to grow any more
         elif kind == "done":
             seen.done = event.done
-    assert seen.kinds == ["start", *["delta"] * delivered, "done"]
+    # Deltas may coalesce (the turn takes the model's text at the reader's pace).
+    assert seen.kinds[0] == "start" and seen.kinds[-1] == "done"
+    assert set(seen.kinds[1:-1]) == {"delta"}
+    assert seen.text.split() == ["tok"] * delivered
     assert seen.done is not None
     assert seen.done.finish_reason == chat_pb2.FINISH_REASON_QUOTA_EXHAUSTED
     assert seen.done.usage.completion_tokens == delivered

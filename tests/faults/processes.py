@@ -140,6 +140,7 @@ class StreamOutcome:
     status: grpc.StatusCode | None = None  # the RPC's own error, if it failed
     details: str = ""
     started: bool = False
+    turn: str = ""  # the turn's name (StreamStart.turn), to resume it
 
     @property
     def completion_tokens(self) -> int:
@@ -188,6 +189,7 @@ async def stream_chat(chat: chat_pb2_grpc.ChatServiceStub, user: LoggedIn, messa
             kind = event.WhichOneof("event")
             if kind == "start":
                 outcome.started = True
+                outcome.turn = event.start.turn
             elif kind == "delta":
                 outcome.deltas.append(event.delta.text)
                 on_delta(len(outcome.deltas))

@@ -2,7 +2,13 @@
 chat's own port and 4 through Envoy. Every stream ends honestly (done, or an error that
 is not QUOTA_EXHAUSTED: an infrastructure failure is no exhausted quota), the launcher
 exits in bounded time, and once Redis is back from its AOF the user was charged what the
-streams delivered, within one hold step each, with no hold left open."""
+streams generated, within one hold step each, with no hold left open.
+
+"Generated" is what each turn's event log holds (read back with ResumeStreamChat from a
+chat server over the restored Redis): a turn outlives its client (the edge, stopped
+first, cuts its streams; chat keeps their turns for a resumer until it stops, and then
+cancels them), so it is charged what it generated, which is at least what its client
+received and is all there for a resumer."""
 
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from mesh.redis_server import LocalRedis
 from services.auth.config import AuthConfig
 from services.auth.server import create_server
+from services.chat.config import ChatConfig
+from services.chat.server import create_server as create_chat_server
+from services.chat.tokens import count_tokens
 from services.runtime.config import Env
 from tests.chat.openai_server import OpenAIServer, Script
 from tests.conftest import mesh_env
@@ -89,9 +98,14 @@ async def test_launcher_stopped_with_streams_in_flight(model: OpenAIServer,
     redis = LocalRedis(data_dir / "redis", ports["redis"])
     redis.start()
     server = create_server(AuthConfig.from_env(Env(mesh_env(redis, data_dir))))
+    chat_server = None
     try:
         port = await server.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        chat_server = create_chat_server(ChatConfig.from_env(Env(mesh_env(
+            redis, data_dir, LLMMESH_AUTH_ADDRESS=f"127.0.0.1:{port}"))))
+        chat_port = await chat_server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{chat_port}") as chat_channel:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
             login = await auth.Login(auth_pb2.LoginRequest(username=user.user.username,
                                                            password=PASSWORD), timeout=10)
@@ -99,10 +113,17 @@ async def test_launcher_stopped_with_streams_in_flight(model: OpenAIServer,
             after = await eventually(lambda: usage(auth, again),
                                      lambda u: u.tokens_reserved == 0, within=15,
                                      what="every hold closed after the restart")
+            chat = chat_pb2_grpc.ChatServiceStub(chat_channel)
+            generated = [await _generated(chat, again, outcome, prompt_tokens)
+                         for _, outcome in outcomes]
     finally:
+        if chat_server is not None:
+            await chat_server.stop(0)
         await server.stop(0)
         redis.stop()
-    delivered = sum(outcome.delivered(prompt_tokens) for _, outcome in outcomes)
+    for (where, outcome), logged in zip(outcomes, generated, strict=True):
+        assert logged >= outcome.delivered(prompt_tokens), (where, logged, outcome.describe())
+    delivered = sum(generated)
     charged = after.tokens_used - baseline
     described = [(where, outcome.describe()) for where, outcome in outcomes]
     assert 0 <= charged <= delivered, (charged, delivered, described)
@@ -115,6 +136,27 @@ async def test_launcher_stopped_with_streams_in_flight(model: OpenAIServer,
     if settles < 1 + len(outcomes):
         raise SettleLostAtShutdown(f"auth saw {settles} settles for {1 + len(outcomes)} "
                                    f"turns; {described}")
+
+
+async def _generated(chat: chat_pb2_grpc.ChatServiceStub, user: LoggedIn,
+                     outcome: StreamOutcome, prompt_tokens: int) -> int:
+    """What a stream's turn generated, read back from its log: the usage of its final
+    event; checks that the client received a prefix of the logged answer."""
+    assert outcome.turn, outcome.describe()
+    deltas: list[str] = []
+    done: chat_pb2.StreamDone | None = None
+    async for event in chat.ResumeStreamChat(chat_pb2.ResumeStreamChatRequest(
+            name=outcome.turn), metadata=user.metadata, timeout=10):
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            deltas.append(event.delta.text)
+        elif kind == "done":
+            done = event.done
+    text = "".join(deltas)
+    assert text.startswith("".join(outcome.deltas)), outcome.describe()
+    if done is not None:
+        return int(done.usage.total_tokens)
+    return prompt_tokens + count_tokens(text) if text else 0
 
 
 async def _stop_under_streams(launcher: Launcher, ports: dict[str, int]) -> tuple[

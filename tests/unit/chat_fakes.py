@@ -220,7 +220,8 @@ class FakeQuota(QuotaClient):
                    if h.user_id == user_id and h.state == "held")
         return self.limit - self.used.get(user_id, 0) - live
 
-    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
+    async def reserve(self, user_id: str, tokens: int, into: Hold | None = None, *,
+                      model: str = "") -> Hold:
         if tokens > self.room(user_id):
             raise ResourceExhausted("token quota exhausted", reason="TOKEN_QUOTA_EXHAUSTED",
                                     violations=[QuotaViolation(f"users/{user_id}", "full")])

@@ -232,11 +232,12 @@ async def test_the_worst_case_is_held_before_generating_and_the_real_usage_settl
         """Grants after the event loop ran a while: the model must not be called
         meanwhile (its call is prepared, and starts only once the hold is granted)."""
 
-        async def reserve(self, user_id: str, tokens: int, into: Hold | None = None) -> Hold:
+        async def reserve(self, user_id: str, tokens: int, into: Hold | None = None,
+                          **options: str) -> Hold:
             for _ in range(20):
                 await asyncio.sleep(0)
             assert model.calls == [], "the model was called before the hold was granted"
-            return await super().reserve(user_id, tokens, into)
+            return await super().reserve(user_id, tokens, into, **options)
 
     r = rig(model, quota=SlowQuota(), default_max_tokens=40)
     turn = await r.engine.prepare(USER, TurnRequest("Hold first"))
@@ -434,8 +435,9 @@ async def test_a_cancelled_turn_settles_what_it_delivered_and_stores_nothing() -
     assert deltas(received) == ["abcd", "efgh"]
     hold = r.quota.only_hold()
     assert hold.state == "settled"
-    # the last delta may have been lost with the connection: not charged
-    assert hold.charged == local_usage(turn.messages, ["abcd"]).total_tokens
+    # what it generated (its consumer, the live turn, logged every delta it took)
+    assert hold.charged == local_usage(turn.messages, ["abcd", "efgh"]).total_tokens
+    assert turn.charged == local_usage(turn.messages, ["abcd", "efgh"])
     assert r.store.all_messages() == []
     assert model.closed
 
@@ -469,8 +471,10 @@ async def test_a_consumer_that_goes_away_mid_answer_is_charged_for_what_it_got()
 
     hold = r.quota.only_hold()
     assert hold.state == "settled"
-    # the prompt; the one delta it had may never have arrived
-    assert hold.charged == local_usage(turn.messages, []).total_tokens
+    # what was generated: the delta it took, and any text the model had sent that it
+    # had not taken yet (the turn's `tail`, which its consumer logs)
+    assert turn.generation.text == "abcd" + turn.tail
+    assert hold.charged == local_usage(turn.messages, [turn.generation.text]).total_tokens
     assert r.store.all_messages() == []
 
 
@@ -889,4 +893,4 @@ async def test_a_cut_turn_pays_its_prompt_as_the_model_counts_prompts() -> None:
 
     assert cut.prompt_tokens == ours
     charged = r.quota.holds[cut.hold.reservation_id].charged
-    assert charged == 2 * ours + count_tokens("abcd")  # its last delta: not charged
+    assert charged == 2 * ours + count_tokens("abcdefgh")  # every delta it generated

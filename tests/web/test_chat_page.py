@@ -510,3 +510,47 @@ def test_error_messages(driver: webdriver.Chrome, mesh: Mesh) -> None:
                'data: {"start":{"conversation":"conversations/z","model":"m"}}\n\n'
                'data: {"error":{"code":14,"message":"model provider unavailable"}}\n\n')
     assert "unavailable" in said, said
+
+
+def test_a_dropped_answer_is_resumed_after_the_last_event(driver: webdriver.Chrome,
+                                                          mesh: Mesh) -> None:
+    """The answer's stream drops after two events (stubbed: the real edge is hard to
+    drop on demand); the page resumes the turn after sequence 2 (docs/streams.md) and
+    shows the rest once, the replayed event skipped."""
+    register(driver, mesh.url)
+    sse = {"content-type": "text/event-stream"}
+    turn = "conversations/r1/turns/t1"
+    driver.execute_script(_RESUME_STUB,
+                          'data: {"sequence":"2","delta":{"text":"Half "}}\n\n'
+                          'data: {"sequence":"3","delta":{"text":"and the rest"}}\n\n'
+                          'data: {"sequence":"4","done":{"finishReason":"FINISH_REASON_STOP",'
+                          '"stored":true}}\n\n')
+    driver.execute_script(_STUB, ":streamChat", 200, sse,
+                          'data: {"sequence":"1","start":{"conversation":"conversations/r1",'
+                          f'"model":"m","turn":"{turn}"}}}}\n\n'
+                          'data: {"sequence":"2","delta":{"text":"Half "}}\n\n')
+    by_id(driver, "message").send_keys("Hello?" + Keys.ENTER)
+    done = wait_for(lambda: driver.find_elements(
+        By.CSS_SELECTOR, ".msg.assistant[data-done='true']"), what="the resumed answer")
+    answer = done[-1].find_element(By.CSS_SELECTOR, ".text").text
+    assert answer == "Half and the rest", answer
+    asked = driver.execute_script("return window.resumeAsked;")
+    assert asked == [[f"/v1/{turn}:resume", {"afterSequence": "2"}]], asked
+    assert not driver.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-failed='true']")
+
+
+# Answers the page's first resume request with `body` (SSE) and records what it asked.
+_RESUME_STUB = """
+const [body] = arguments;
+window.resumeAsked = [];
+const real = window.fetch;
+window.fetch = (input, init) => {
+  if (String(input).endsWith(":resume")) {
+    window.fetch = real;
+    window.resumeAsked.push([String(input), JSON.parse(init.body)]);
+    return Promise.resolve(new Response(body, {
+      status: 200, headers: {"content-type": "text/event-stream"}}));
+  }
+  return real(input, init);
+};
+"""

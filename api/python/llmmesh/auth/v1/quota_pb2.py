@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmmesh/auth/v1/quota.proto\x12\x0fllmmesh.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\x0bReservation\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05month\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"O\n\nQuotaState\x12\x13\n\x0btokens_used\x18\x01 \x01(\x03\x12\x17\n\x0ftokens_reserved\x18\x02 \x01(\x03\x12\x13\n\x0btoken_limit\x18\x03 \x01(\x03\"q\n\x14ReserveTokensRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"v\n\x15ReserveTokensResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.llmmesh.auth.v1.Reservation\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"y\n\x18\x45xtendReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1f\n\x11\x61\x64\x64itional_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x64\x65livered_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\"z\n\x19\x45xtendReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.llmmesh.auth.v1.Reservation\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"S\n\x18SettleReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bused_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"_\n\x19SettleReservationResponse\x12\x16\n\x0e\x63harged_tokens\x18\x01 \x01(\x03\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"9\n\x19ReleaseReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"H\n\x1aReleaseReservationResponse\x12*\n\x05state\x18\x01 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"P\n\x14SetTokenLimitRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x13monthly_token_limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"4\n\x15SetTokenLimitResponse\x12\x1b\n\x13monthly_token_limit\x18\x01 \x01(\x03\x32\x95\x04\n\x0cQuotaService\x12^\n\rReserveTokens\x12%.llmmesh.auth.v1.ReserveTokensRequest\x1a&.llmmesh.auth.v1.ReserveTokensResponse\x12j\n\x11\x45xtendReservation\x12).llmmesh.auth.v1.ExtendReservationRequest\x1a*.llmmesh.auth.v1.ExtendReservationResponse\x12j\n\x11SettleReservation\x12).llmmesh.auth.v1.SettleReservationRequest\x1a*.llmmesh.auth.v1.SettleReservationResponse\x12m\n\x12ReleaseReservation\x12*.llmmesh.auth.v1.ReleaseReservationRequest\x1a+.llmmesh.auth.v1.ReleaseReservationResponse\x12^\n\rSetTokenLimit\x12%.llmmesh.auth.v1.SetTokenLimitRequest\x1a&.llmmesh.auth.v1.SetTokenLimitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmmesh/auth/v1/quota.proto\x12\x0fllmmesh.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x01\n\x0bReservation\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05month\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06tokens\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"O\n\nQuotaState\x12\x13\n\x0btokens_used\x18\x01 \x01(\x03\x12\x17\n\x0ftokens_reserved\x18\x02 \x01(\x03\x12\x13\n\x0btoken_limit\x18\x03 \x01(\x03\"\x86\x01\n\x14ReserveTokensRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12,\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x15ReserveTokensResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.llmmesh.auth.v1.Reservation\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"y\n\x18\x45xtendReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1f\n\x11\x61\x64\x64itional_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x64\x65livered_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\"z\n\x19\x45xtendReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.llmmesh.auth.v1.Reservation\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"S\n\x18SettleReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bused_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"_\n\x19SettleReservationResponse\x12\x16\n\x0e\x63harged_tokens\x18\x01 \x01(\x03\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"9\n\x19ReleaseReservationRequest\x12\x1c\n\x0ereservation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"H\n\x1aReleaseReservationResponse\x12*\n\x05state\x18\x01 \x01(\x0b\x32\x1b.llmmesh.auth.v1.QuotaState\"P\n\x14SetTokenLimitRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x13monthly_token_limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"4\n\x15SetTokenLimitResponse\x12\x1b\n\x13monthly_token_limit\x18\x01 \x01(\x03\"/\n\x16GetEntitlementsRequest\x12\x15\n\x07user_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"?\n\x17GetEntitlementsResponse\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t2\xfb\x04\n\x0cQuotaService\x12^\n\rReserveTokens\x12%.llmmesh.auth.v1.ReserveTokensRequest\x1a&.llmmesh.auth.v1.ReserveTokensResponse\x12j\n\x11\x45xtendReservation\x12).llmmesh.auth.v1.ExtendReservationRequest\x1a*.llmmesh.auth.v1.ExtendReservationResponse\x12j\n\x11SettleReservation\x12).llmmesh.auth.v1.SettleReservationRequest\x1a*.llmmesh.auth.v1.SettleReservationResponse\x12m\n\x12ReleaseReservation\x12*.llmmesh.auth.v1.ReleaseReservationRequest\x1a+.llmmesh.auth.v1.ReleaseReservationResponse\x12^\n\rSetTokenLimit\x12%.llmmesh.auth.v1.SetTokenLimitRequest\x1a&.llmmesh.auth.v1.SetTokenLimitResponse\x12\x64\n\x0fGetEntitlements\x12\'.llmmesh.auth.v1.GetEntitlementsRequest\x1a(.llmmesh.auth.v1.GetEntitlementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVETOKENSREQUEST'].fields_by_name['tokens']._serialized_options = b'\342A\001\002'
   _globals['_RESERVETOKENSREQUEST'].fields_by_name['ttl']._loaded_options = None
   _globals['_RESERVETOKENSREQUEST'].fields_by_name['ttl']._serialized_options = b'\342A\001\001'
+  _globals['_RESERVETOKENSREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_RESERVETOKENSREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\001'
   _globals['_EXTENDRESERVATIONREQUEST'].fields_by_name['reservation_id']._loaded_options = None
   _globals['_EXTENDRESERVATIONREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\342A\001\002'
   _globals['_EXTENDRESERVATIONREQUEST'].fields_by_name['additional_tokens']._loaded_options = None
@@ -66,30 +68,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETTOKENLIMITREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
   _globals['_SETTOKENLIMITREQUEST'].fields_by_name['monthly_token_limit']._loaded_options = None
   _globals['_SETTOKENLIMITREQUEST'].fields_by_name['monthly_token_limit']._serialized_options = b'\342A\001\002'
+  _globals['_GETENTITLEMENTSREQUEST'].fields_by_name['user_id']._loaded_options = None
+  _globals['_GETENTITLEMENTSREQUEST'].fields_by_name['user_id']._serialized_options = b'\342A\001\002'
   _globals['_RESERVATION']._serialized_start=147
   _globals['_RESERVATION']._serialized_end=311
   _globals['_QUOTASTATE']._serialized_start=313
   _globals['_QUOTASTATE']._serialized_end=392
-  _globals['_RESERVETOKENSREQUEST']._serialized_start=394
-  _globals['_RESERVETOKENSREQUEST']._serialized_end=507
-  _globals['_RESERVETOKENSRESPONSE']._serialized_start=509
-  _globals['_RESERVETOKENSRESPONSE']._serialized_end=627
-  _globals['_EXTENDRESERVATIONREQUEST']._serialized_start=629
-  _globals['_EXTENDRESERVATIONREQUEST']._serialized_end=750
-  _globals['_EXTENDRESERVATIONRESPONSE']._serialized_start=752
-  _globals['_EXTENDRESERVATIONRESPONSE']._serialized_end=874
-  _globals['_SETTLERESERVATIONREQUEST']._serialized_start=876
-  _globals['_SETTLERESERVATIONREQUEST']._serialized_end=959
-  _globals['_SETTLERESERVATIONRESPONSE']._serialized_start=961
-  _globals['_SETTLERESERVATIONRESPONSE']._serialized_end=1056
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1058
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1115
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1117
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1189
-  _globals['_SETTOKENLIMITREQUEST']._serialized_start=1191
-  _globals['_SETTOKENLIMITREQUEST']._serialized_end=1271
-  _globals['_SETTOKENLIMITRESPONSE']._serialized_start=1273
-  _globals['_SETTOKENLIMITRESPONSE']._serialized_end=1325
-  _globals['_QUOTASERVICE']._serialized_start=1328
-  _globals['_QUOTASERVICE']._serialized_end=1861
+  _globals['_RESERVETOKENSREQUEST']._serialized_start=395
+  _globals['_RESERVETOKENSREQUEST']._serialized_end=529
+  _globals['_RESERVETOKENSRESPONSE']._serialized_start=531
+  _globals['_RESERVETOKENSRESPONSE']._serialized_end=649
+  _globals['_EXTENDRESERVATIONREQUEST']._serialized_start=651
+  _globals['_EXTENDRESERVATIONREQUEST']._serialized_end=772
+  _globals['_EXTENDRESERVATIONRESPONSE']._serialized_start=774
+  _globals['_EXTENDRESERVATIONRESPONSE']._serialized_end=896
+  _globals['_SETTLERESERVATIONREQUEST']._serialized_start=898
+  _globals['_SETTLERESERVATIONREQUEST']._serialized_end=981
+  _globals['_SETTLERESERVATIONRESPONSE']._serialized_start=983
+  _globals['_SETTLERESERVATIONRESPONSE']._serialized_end=1078
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1080
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1137
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1139
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1211
+  _globals['_SETTOKENLIMITREQUEST']._serialized_start=1213
+  _globals['_SETTOKENLIMITREQUEST']._serialized_end=1293
+  _globals['_SETTOKENLIMITRESPONSE']._serialized_start=1295
+  _globals['_SETTOKENLIMITRESPONSE']._serialized_end=1347
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_start=1349
+  _globals['_GETENTITLEMENTSREQUEST']._serialized_end=1396
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_start=1398
+  _globals['_GETENTITLEMENTSRESPONSE']._serialized_end=1461
+  _globals['_QUOTASERVICE']._serialized_start=1464
+  _globals['_QUOTASERVICE']._serialized_end=2099
 # @@protoc_insertion_point(module_scope)

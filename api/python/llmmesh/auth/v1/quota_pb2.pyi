@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -97,10 +99,15 @@ class ReserveTokensRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to charge (id, as in the access token's `sub`)."""
     tokens: _builtins.int
     """Tokens to hold, at least 1."""
+    model: _builtins.str
+    """The model the tokens are for (chat's model id). When set and the user's team
+    has an allowlist without it, the hold is refused with PERMISSION_DENIED.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """How long the hold lives unsettled; the server's default (and maximum) applies
@@ -113,10 +120,11 @@ class ReserveTokensRequest(_message.Message):
         user_id: _builtins.str = ...,
         tokens: _builtins.int = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens", "ttl", b"ttl", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "tokens", b"tokens", "ttl", b"ttl", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,3 +372,53 @@ class SetTokenLimitResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetTokenLimitResponse: _TypeAlias = SetTokenLimitResponse  # noqa: Y015
+
+@_typing.final
+class GetEntitlementsRequest(_message.Message):
+    """Request for QuotaService.GetEntitlements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user (id)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEntitlementsRequest: _TypeAlias = GetEntitlementsRequest  # noqa: Y015
+
+@_typing.final
+class GetEntitlementsResponse(_message.Message):
+    """Response for QuotaService.GetEntitlements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_FIELD_NUMBER: _builtins.int
+    ALLOWED_MODELS_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """The user's team, `teams/{team}`; empty when they belong to none."""
+    @_builtins.property
+    def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Model ids the user may use; empty when every model is allowed."""
+
+    def __init__(
+        self,
+        *,
+        team: _builtins.str = ...,
+        allowed_models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_models", b"allowed_models", "team", b"team"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEntitlementsResponse: _TypeAlias = GetEntitlementsResponse  # noqa: Y015

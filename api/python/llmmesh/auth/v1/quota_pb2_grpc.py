@@ -69,6 +69,11 @@ class QuotaServiceStub:
                 request_serializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitRequest.SerializeToString,
                 response_deserializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitResponse.FromString,
                 _registered_method=True)
+        self.GetEntitlements = channel.unary_unary(
+                '/llmmesh.auth.v1.QuotaService/GetEntitlements',
+                request_serializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsRequest.SerializeToString,
+                response_deserializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsResponse.FromString,
+                _registered_method=True)
 
 
 class QuotaServiceServicer:
@@ -86,7 +91,10 @@ class QuotaServiceServicer:
 
     def ReserveTokens(self, request, context):
         """Holds tokens for a request. RESOURCE_EXHAUSTED with QuotaFailure details
-        when used + held + tokens would pass the user's limit.
+        when used + held + tokens would pass the user's limit or, for a team member,
+        the team's (the hold is then taken on both, see TeamService).
+        PERMISSION_DENIED (MODEL_NOT_ALLOWED) when `model` is outside the team's
+        allowlist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +135,13 @@ class QuotaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEntitlements(self, request, context):
+        """What a user may use: their team (if any) and its model allowlist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuotaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +169,11 @@ def add_QuotaServiceServicer_to_server(servicer, server):
                     servicer.SetTokenLimit,
                     request_deserializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitRequest.FromString,
                     response_serializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitResponse.SerializeToString,
+            ),
+            'GetEntitlements': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntitlements,
+                    request_deserializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsRequest.FromString,
+                    response_serializer=llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +321,33 @@ class QuotaService:
             '/llmmesh.auth.v1.QuotaService/SetTokenLimit',
             llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitRequest.SerializeToString,
             llmmesh_dot_auth_dot_v1_dot_quota__pb2.SetTokenLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntitlements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmmesh.auth.v1.QuotaService/GetEntitlements',
+            llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsRequest.SerializeToString,
+            llmmesh_dot_auth_dot_v1_dot_quota__pb2.GetEntitlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

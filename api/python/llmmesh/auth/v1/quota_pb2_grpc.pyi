@@ -45,7 +45,10 @@ class QuotaServiceStub:
     def __new__(cls, channel: _aio.Channel) -> QuotaServiceAsyncStub: ...
     ReserveTokens: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ReserveTokensRequest, _quota_pb2.ReserveTokensResponse]
     """Holds tokens for a request. RESOURCE_EXHAUSTED with QuotaFailure details
-    when used + held + tokens would pass the user's limit.
+    when used + held + tokens would pass the user's limit or, for a team member,
+    the team's (the hold is then taken on both, see TeamService).
+    PERMISSION_DENIED (MODEL_NOT_ALLOWED) when `model` is outside the team's
+    allowlist.
     """
     ExtendReservation: _grpc.UnaryUnaryMultiCallable[_quota_pb2.ExtendReservationRequest, _quota_pb2.ExtendReservationResponse]
     """Grows a live hold, e.g. when a stream outgrows its estimate.
@@ -65,6 +68,8 @@ class QuotaServiceStub:
     """
     SetTokenLimit: _grpc.UnaryUnaryMultiCallable[_quota_pb2.SetTokenLimitRequest, _quota_pb2.SetTokenLimitResponse]
     """Sets (or with 0, clears) a user's own monthly limit, overriding the default."""
+    GetEntitlements: _grpc.UnaryUnaryMultiCallable[_quota_pb2.GetEntitlementsRequest, _quota_pb2.GetEntitlementsResponse]
+    """What a user may use: their team (if any) and its model allowlist."""
 
 @_typing.type_check_only
 class QuotaServiceAsyncStub(QuotaServiceStub):
@@ -83,7 +88,10 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReserveTokens: _aio.UnaryUnaryMultiCallable[_quota_pb2.ReserveTokensRequest, _quota_pb2.ReserveTokensResponse]  # type: ignore[assignment]
     """Holds tokens for a request. RESOURCE_EXHAUSTED with QuotaFailure details
-    when used + held + tokens would pass the user's limit.
+    when used + held + tokens would pass the user's limit or, for a team member,
+    the team's (the hold is then taken on both, see TeamService).
+    PERMISSION_DENIED (MODEL_NOT_ALLOWED) when `model` is outside the team's
+    allowlist.
     """
     ExtendReservation: _aio.UnaryUnaryMultiCallable[_quota_pb2.ExtendReservationRequest, _quota_pb2.ExtendReservationResponse]  # type: ignore[assignment]
     """Grows a live hold, e.g. when a stream outgrows its estimate.
@@ -103,6 +111,8 @@ class QuotaServiceAsyncStub(QuotaServiceStub):
     """
     SetTokenLimit: _aio.UnaryUnaryMultiCallable[_quota_pb2.SetTokenLimitRequest, _quota_pb2.SetTokenLimitResponse]  # type: ignore[assignment]
     """Sets (or with 0, clears) a user's own monthly limit, overriding the default."""
+    GetEntitlements: _aio.UnaryUnaryMultiCallable[_quota_pb2.GetEntitlementsRequest, _quota_pb2.GetEntitlementsResponse]  # type: ignore[assignment]
+    """What a user may use: their team (if any) and its model allowlist."""
 
 class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
     """QuotaService is internal: services call it with a service credential to hold,
@@ -124,7 +134,10 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.ReserveTokensResponse, _abc.Awaitable[_quota_pb2.ReserveTokensResponse]]:
         """Holds tokens for a request. RESOURCE_EXHAUSTED with QuotaFailure details
-        when used + held + tokens would pass the user's limit.
+        when used + held + tokens would pass the user's limit or, for a team member,
+        the team's (the hold is then taken on both, see TeamService).
+        PERMISSION_DENIED (MODEL_NOT_ALLOWED) when `model` is outside the team's
+        allowlist.
         """
 
     @_abc_1.abstractmethod
@@ -168,5 +181,13 @@ class QuotaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_quota_pb2.SetTokenLimitResponse, _abc.Awaitable[_quota_pb2.SetTokenLimitResponse]]:
         """Sets (or with 0, clears) a user's own monthly limit, overriding the default."""
+
+    @_abc_1.abstractmethod
+    def GetEntitlements(
+        self,
+        request: _quota_pb2.GetEntitlementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_quota_pb2.GetEntitlementsResponse, _abc.Awaitable[_quota_pb2.GetEntitlementsResponse]]:
+        """What a user may use: their team (if any) and its model allowlist."""
 
 def add_QuotaServiceServicer_to_server(servicer: QuotaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmmesh/chat/v1/chat.proto\x12\x0fllmmesh.chat.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe3\x01\n\x0b\x43hatOptions\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0btemperature\x18\x02 \x01(\x02\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\nmax_tokens\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x15\n\x07use_rag\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tdocuments\x18\x05 \x03(\tB\x04\xe2\x41\x01\x01\x12\x18\n\ncollection\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\trag_top_k\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"u\n\x0b\x43hatRequest\x12\x15\n\x07message\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x63onversation\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\x1c.llmmesh.chat.v1.ChatOptionsB\x04\xe2\x41\x01\x01\"\xfa\x01\n\x0c\x43hatResponse\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\x07message\x18\x03 \x01(\x0b\x32\x18.llmmesh.chat.v1.Message\x12(\n\x07sources\x18\x04 \x03(\x0b\x32\x17.llmmesh.chat.v1.Source\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsage\x12\x34\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1d.llmmesh.chat.v1.FinishReason\x12\x0e\n\x06stored\x18\x07 \x01(\x08\"{\n\x11StreamChatRequest\x12\x15\n\x07message\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x63onversation\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\x1c.llmmesh.chat.v1.ChatOptionsB\x04\xe2\x41\x01\x01\"\xfc\x01\n\x12StreamChatResponse\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.llmmesh.chat.v1.StreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenDeltaH\x00\x12.\n\x07sources\x18\x03 \x01(\x0b\x32\x1b.llmmesh.chat.v1.SourceListH\x00\x12+\n\x04\x64one\x18\x04 \x01(\x0b\x32\x1b.llmmesh.chat.v1.StreamDoneH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"2\n\x0bStreamStart\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"6\n\nSourceList\x12(\n\x07sources\x18\x01 \x03(\x0b\x32\x17.llmmesh.chat.v1.Source\"\x8f\x01\n\nStreamDone\x12*\n\x05usage\x18\x01 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsage\x12\x34\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1d.llmmesh.chat.v1.FinishReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06stored\x18\x04 \x01(\x08\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"a\n\x06Source\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07snippet\x18\x05 \x01(\t\"\xc2\x01\n\x0c\x43onversation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x8d\x02\n\x07Message\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x15.llmmesh.chat.v1.RoleB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63ontent\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x07sources\x18\x05 \x03(\x0b\x32\x17.llmmesh.chat.v1.SourceB\x04\xe2\x41\x01\x03\x12\x30\n\x05usage\x18\x06 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsageB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\",\n\x16GetConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18ListConversationsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"j\n\x19ListConversationsResponse\x12\x34\n\rconversations\x18\x01 \x03(\x0b\x32\x1d.llmmesh.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13ListMessagesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x14ListMessagesResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmmesh.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19\x44\x65leteConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"F\n\x11ListModelsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.llmmesh.chat.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08model_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\ngenerative\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03*\xa4\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12!\n\x1d\x46INISH_REASON_QUOTA_EXHAUSTED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32\xd8\x07\n\x0b\x43hatService\x12\x94\x01\n\x04\x43hat\x12\x1c.llmmesh.chat.v1.ChatRequest\x1a\x1d.llmmesh.chat.v1.ChatResponse\"O\x82\xd3\xe4\x93\x02I\"\x16/v1/conversations:chat:\x01*Z,\"\'/v1/{conversation=conversations/*}:chat:\x01*\x12\xb4\x01\n\nStreamChat\x12\".llmmesh.chat.v1.StreamChatRequest\x1a#.llmmesh.chat.v1.StreamChatResponse\"[\x82\xd3\xe4\x93\x02U\"\x1c/v1/conversations:streamChat:\x01*Z2\"-/v1/{conversation=conversations/*}:streamChat:\x01*0\x01\x12}\n\x0fGetConversation\x12\'.llmmesh.chat.v1.GetConversationRequest\x1a\x1d.llmmesh.chat.v1.Conversation\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/{name=conversations/*}\x12\x85\x01\n\x11ListConversations\x12).llmmesh.chat.v1.ListConversationsRequest\x1a*.llmmesh.chat.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8a\x01\n\x0cListMessages\x12$.llmmesh.chat.v1.ListMessagesRequest\x1a%.llmmesh.chat.v1.ListMessagesResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=conversations/*}/messages\x12|\n\x12\x44\x65leteConversation\x12*.llmmesh.chat.v1.DeleteConversationRequest\x1a\x16.google.protobuf.Empty\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/{name=conversations/*}\x12i\n\nListModels\x12\".llmmesh.chat.v1.ListModelsRequest\x1a#.llmmesh.chat.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmmesh/chat/v1/chat.proto\x12\x0fllmmesh.chat.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe3\x01\n\x0b\x43hatOptions\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x0btemperature\x18\x02 \x01(\x02\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\nmax_tokens\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x15\n\x07use_rag\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tdocuments\x18\x05 \x03(\tB\x04\xe2\x41\x01\x01\x12\x18\n\ncollection\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\trag_top_k\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"u\n\x0b\x43hatRequest\x12\x15\n\x07message\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x63onversation\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\x1c.llmmesh.chat.v1.ChatOptionsB\x04\xe2\x41\x01\x01\"\xfa\x01\n\x0c\x43hatResponse\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\x07message\x18\x03 \x01(\x0b\x32\x18.llmmesh.chat.v1.Message\x12(\n\x07sources\x18\x04 \x03(\x0b\x32\x17.llmmesh.chat.v1.Source\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsage\x12\x34\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1d.llmmesh.chat.v1.FinishReason\x12\x0e\n\x06stored\x18\x07 \x01(\x08\"{\n\x11StreamChatRequest\x12\x15\n\x07message\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x63onversation\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\x1c.llmmesh.chat.v1.ChatOptionsB\x04\xe2\x41\x01\x01\"K\n\x17ResumeStreamChatRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\'\n\x11\x43\x61ncelTurnRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x8e\x02\n\x12StreamChatResponse\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12-\n\x05start\x18\x01 \x01(\x0b\x32\x1c.llmmesh.chat.v1.StreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenDeltaH\x00\x12.\n\x07sources\x18\x03 \x01(\x0b\x32\x1b.llmmesh.chat.v1.SourceListH\x00\x12+\n\x04\x64one\x18\x04 \x01(\x0b\x32\x1b.llmmesh.chat.v1.StreamDoneH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x65vent\"@\n\x0bStreamStart\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04turn\x18\x03 \x01(\t\"\x1a\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"6\n\nSourceList\x12(\n\x07sources\x18\x01 \x03(\x0b\x32\x17.llmmesh.chat.v1.Source\"\x8f\x01\n\nStreamDone\x12*\n\x05usage\x18\x01 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsage\x12\x34\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1d.llmmesh.chat.v1.FinishReason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06stored\x18\x04 \x01(\x08\"T\n\nTokenUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\"a\n\x06Source\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07snippet\x18\x05 \x01(\t\"\xc2\x01\n\x0c\x43onversation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05title\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x8d\x02\n\x07Message\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x15.llmmesh.chat.v1.RoleB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63ontent\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x07sources\x18\x05 \x03(\x0b\x32\x17.llmmesh.chat.v1.SourceB\x04\xe2\x41\x01\x03\x12\x30\n\x05usage\x18\x06 \x01(\x0b\x32\x1b.llmmesh.chat.v1.TokenUsageB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\",\n\x16GetConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18ListConversationsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"j\n\x19ListConversationsResponse\x12\x34\n\rconversations\x18\x01 \x03(\x0b\x32\x1d.llmmesh.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13ListMessagesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x14ListMessagesResponse\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmmesh.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19\x44\x65leteConversationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"F\n\x11ListModelsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.llmmesh.chat.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9d\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08model_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11max_output_tokens\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\ngenerative\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03*\xc1\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12!\n\x1d\x46INISH_REASON_QUOTA_EXHAUSTED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32\xf4\t\n\x0b\x43hatService\x12\x94\x01\n\x04\x43hat\x12\x1c.llmmesh.chat.v1.ChatRequest\x1a\x1d.llmmesh.chat.v1.ChatResponse\"O\x82\xd3\xe4\x93\x02I\"\x16/v1/conversations:chat:\x01*Z,\"\'/v1/{conversation=conversations/*}:chat:\x01*\x12\xb4\x01\n\nStreamChat\x12\".llmmesh.chat.v1.StreamChatRequest\x1a#.llmmesh.chat.v1.StreamChatResponse\"[\x82\xd3\xe4\x93\x02U\"\x1c/v1/conversations:streamChat:\x01*Z2\"-/v1/{conversation=conversations/*}:streamChat:\x01*0\x01\x12\x99\x01\n\x10ResumeStreamChat\x12(.llmmesh.chat.v1.ResumeStreamChatRequest\x1a#.llmmesh.chat.v1.StreamChatResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/{name=conversations/*/turns/*}:resume:\x01*0\x01\x12~\n\nCancelTurn\x12\".llmmesh.chat.v1.CancelTurnRequest\x1a\x16.google.protobuf.Empty\"4\x82\xd3\xe4\x93\x02.\")/v1/{name=conversations/*/turns/*}:cancel:\x01*\x12}\n\x0fGetConversation\x12\'.llmmesh.chat.v1.GetConversationRequest\x1a\x1d.llmmesh.chat.v1.Conversation\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/{name=conversations/*}\x12\x85\x01\n\x11ListConversations\x12).llmmesh.chat.v1.ListConversationsRequest\x1a*.llmmesh.chat.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8a\x01\n\x0cListMessages\x12$.llmmesh.chat.v1.ListMessagesRequest\x1a%.llmmesh.chat.v1.ListMessagesResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=conversations/*}/messages\x12|\n\x12\x44\x65leteConversation\x12*.llmmesh.chat.v1.DeleteConversationRequest\x1a\x16.google.protobuf.Empty\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/{name=conversations/*}\x12i\n\nListModels\x12\".llmmesh.chat.v1.ListModelsRequest\x1a#.llmmesh.chat.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,6 +62,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMCHATREQUEST'].fields_by_name['conversation']._serialized_options = b'\342A\001\001'
   _globals['_STREAMCHATREQUEST'].fields_by_name['options']._loaded_options = None
   _globals['_STREAMCHATREQUEST'].fields_by_name['options']._serialized_options = b'\342A\001\001'
+  _globals['_RESUMESTREAMCHATREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RESUMESTREAMCHATREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_RESUMESTREAMCHATREQUEST'].fields_by_name['after_sequence']._loaded_options = None
+  _globals['_RESUMESTREAMCHATREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\342A\001\001'
+  _globals['_CANCELTURNREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CANCELTURNREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CONVERSATION'].fields_by_name['name']._loaded_options = None
   _globals['_CONVERSATION'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_CONVERSATION'].fields_by_name['title']._loaded_options = None
@@ -120,6 +126,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSERVICE'].methods_by_name['Chat']._serialized_options = b'\202\323\344\223\002I\"\026/v1/conversations:chat:\001*Z,\"\'/v1/{conversation=conversations/*}:chat:\001*'
   _globals['_CHATSERVICE'].methods_by_name['StreamChat']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['StreamChat']._serialized_options = b'\202\323\344\223\002U\"\034/v1/conversations:streamChat:\001*Z2\"-/v1/{conversation=conversations/*}:streamChat:\001*'
+  _globals['_CHATSERVICE'].methods_by_name['ResumeStreamChat']._loaded_options = None
+  _globals['_CHATSERVICE'].methods_by_name['ResumeStreamChat']._serialized_options = b'\202\323\344\223\002.\")/v1/{name=conversations/*/turns/*}:resume:\001*'
+  _globals['_CHATSERVICE'].methods_by_name['CancelTurn']._loaded_options = None
+  _globals['_CHATSERVICE'].methods_by_name['CancelTurn']._serialized_options = b'\202\323\344\223\002.\")/v1/{name=conversations/*/turns/*}:cancel:\001*'
   _globals['_CHATSERVICE'].methods_by_name['GetConversation']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['GetConversation']._serialized_options = b'\202\323\344\223\002\034\022\032/v1/{name=conversations/*}'
   _globals['_CHATSERVICE'].methods_by_name['ListConversations']._loaded_options = None
@@ -130,10 +140,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSERVICE'].methods_by_name['DeleteConversation']._serialized_options = b'\202\323\344\223\002\034*\032/v1/{name=conversations/*}'
   _globals['_CHATSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
-  _globals['_FINISHREASON']._serialized_start=2906
-  _globals['_FINISHREASON']._serialized_end=3070
-  _globals['_ROLE']._serialized_start=3072
-  _globals['_ROLE']._serialized_end=3135
+  _globals['_FINISHREASON']._serialized_start=3056
+  _globals['_FINISHREASON']._serialized_end=3249
+  _globals['_ROLE']._serialized_start=3251
+  _globals['_ROLE']._serialized_end=3314
   _globals['_CHATOPTIONS']._serialized_start=198
   _globals['_CHATOPTIONS']._serialized_end=425
   _globals['_CHATREQUEST']._serialized_start=427
@@ -142,42 +152,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATRESPONSE']._serialized_end=797
   _globals['_STREAMCHATREQUEST']._serialized_start=799
   _globals['_STREAMCHATREQUEST']._serialized_end=922
-  _globals['_STREAMCHATRESPONSE']._serialized_start=925
-  _globals['_STREAMCHATRESPONSE']._serialized_end=1177
-  _globals['_STREAMSTART']._serialized_start=1179
-  _globals['_STREAMSTART']._serialized_end=1229
-  _globals['_TOKENDELTA']._serialized_start=1231
-  _globals['_TOKENDELTA']._serialized_end=1257
-  _globals['_SOURCELIST']._serialized_start=1259
-  _globals['_SOURCELIST']._serialized_end=1313
-  _globals['_STREAMDONE']._serialized_start=1316
-  _globals['_STREAMDONE']._serialized_end=1459
-  _globals['_TOKENUSAGE']._serialized_start=1461
-  _globals['_TOKENUSAGE']._serialized_end=1545
-  _globals['_SOURCE']._serialized_start=1547
-  _globals['_SOURCE']._serialized_end=1644
-  _globals['_CONVERSATION']._serialized_start=1647
-  _globals['_CONVERSATION']._serialized_end=1841
-  _globals['_MESSAGE']._serialized_start=1844
-  _globals['_MESSAGE']._serialized_end=2113
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2115
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2159
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=2161
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2238
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2240
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2346
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=2348
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2442
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2444
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2535
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=2537
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=2584
-  _globals['_LISTMODELSREQUEST']._serialized_start=2586
-  _globals['_LISTMODELSREQUEST']._serialized_end=2656
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2658
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2743
-  _globals['_MODEL']._serialized_start=2746
-  _globals['_MODEL']._serialized_end=2903
-  _globals['_CHATSERVICE']._serialized_start=3138
-  _globals['_CHATSERVICE']._serialized_end=4122
+  _globals['_RESUMESTREAMCHATREQUEST']._serialized_start=924
+  _globals['_RESUMESTREAMCHATREQUEST']._serialized_end=999
+  _globals['_CANCELTURNREQUEST']._serialized_start=1001
+  _globals['_CANCELTURNREQUEST']._serialized_end=1040
+  _globals['_STREAMCHATRESPONSE']._serialized_start=1043
+  _globals['_STREAMCHATRESPONSE']._serialized_end=1313
+  _globals['_STREAMSTART']._serialized_start=1315
+  _globals['_STREAMSTART']._serialized_end=1379
+  _globals['_TOKENDELTA']._serialized_start=1381
+  _globals['_TOKENDELTA']._serialized_end=1407
+  _globals['_SOURCELIST']._serialized_start=1409
+  _globals['_SOURCELIST']._serialized_end=1463
+  _globals['_STREAMDONE']._serialized_start=1466
+  _globals['_STREAMDONE']._serialized_end=1609
+  _globals['_TOKENUSAGE']._serialized_start=1611
+  _globals['_TOKENUSAGE']._serialized_end=1695
+  _globals['_SOURCE']._serialized_start=1697
+  _globals['_SOURCE']._serialized_end=1794
+  _globals['_CONVERSATION']._serialized_start=1797
+  _globals['_CONVERSATION']._serialized_end=1991
+  _globals['_MESSAGE']._serialized_start=1994
+  _globals['_MESSAGE']._serialized_end=2263
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2265
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2309
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=2311
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2388
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2390
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2496
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=2498
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2592
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2594
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2685
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=2687
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=2734
+  _globals['_LISTMODELSREQUEST']._serialized_start=2736
+  _globals['_LISTMODELSREQUEST']._serialized_end=2806
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2808
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2893
+  _globals['_MODEL']._serialized_start=2896
+  _globals['_MODEL']._serialized_end=3053
+  _globals['_CHATSERVICE']._serialized_start=3317
+  _globals['_CHATSERVICE']._serialized_end=4585
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The user's monthly token quota ran out mid-answer."""
     FINISH_REASON_CONTENT_FILTER: _FinishReason.ValueType  # 4
     """The provider filtered the content."""
+    FINISH_REASON_CANCELLED: _FinishReason.ValueType  # 5
+    """The turn was cancelled (CancelTurn, no client back within the disconnect grace
+    period, or the server stopping) before the model finished.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why generation stopped."""
@@ -51,6 +55,10 @@ FINISH_REASON_QUOTA_EXHAUSTED: FinishReason.ValueType  # 3
 """The user's monthly token quota ran out mid-answer."""
 FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
 """The provider filtered the content."""
+FINISH_REASON_CANCELLED: FinishReason.ValueType  # 5
+"""The turn was cancelled (CancelTurn, no client back within the disconnect grace
+period, or the server stopping) before the model finished.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _Role:
@@ -252,16 +260,69 @@ class StreamChatRequest(_message.Message):
 Global___StreamChatRequest: _TypeAlias = StreamChatRequest  # noqa: Y015
 
 @_typing.final
+class ResumeStreamChatRequest(_message.Message):
+    """Request for ChatService.ResumeStreamChat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The turn, `conversations/{conversation}/turns/{turn}` (StreamStart.turn)."""
+    after_sequence: _builtins.int
+    """The last sequence number the client received; 0 replays the turn from its start."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeStreamChatRequest: _TypeAlias = ResumeStreamChatRequest  # noqa: Y015
+
+@_typing.final
+class CancelTurnRequest(_message.Message):
+    """Request for ChatService.CancelTurn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The turn, `conversations/{conversation}/turns/{turn}` (StreamStart.turn)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurnRequest: _TypeAlias = CancelTurnRequest  # noqa: Y015
+
+@_typing.final
 class StreamChatResponse(_message.Message):
     """One event of a streamed answer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The event's position in its turn: 1 for the start event, then one more for each
+    event, without gaps (ResumeStreamChat resumes after one of these).
+    """
     @_builtins.property
     def start(self) -> Global___StreamStart:
         """First event: where the turn goes and who answers."""
@@ -285,6 +346,7 @@ class StreamChatResponse(_message.Message):
     def __init__(
         self,
         *,
+        sequence: _builtins.int = ...,
         start: Global___StreamStart | None = ...,
         delta: Global___TokenDelta | None = ...,
         sources: Global___SourceList | None = ...,
@@ -293,7 +355,7 @@ class StreamChatResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "error", b"error", "event", b"event", "sources", b"sources", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "error", b"error", "event", b"event", "sources", b"sources", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "error", b"error", "event", b"event", "sequence", b"sequence", "sources", b"sources", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "delta", "sources", "done", "error"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -309,19 +371,25 @@ class StreamStart(_message.Message):
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
     conversation: _builtins.str
     """The conversation the turn goes to."""
     model: _builtins.str
     """The model that answers."""
+    turn: _builtins.str
+    """The turn, `conversations/{conversation}/turns/{turn}`: what ResumeStreamChat and
+    CancelTurn name.
+    """
     def __init__(
         self,
         *,
         conversation: _builtins.str = ...,
         model: _builtins.str = ...,
+        turn: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "model", b"model", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

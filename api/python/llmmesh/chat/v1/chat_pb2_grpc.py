@@ -34,6 +34,8 @@ class ChatServiceStub:
     - `conversations/{conversation}`: one user's conversation (private: another
     user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+    for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -52,6 +54,16 @@ class ChatServiceStub:
                 '/llmmesh.chat.v1.ChatService/StreamChat',
                 request_serializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatRequest.SerializeToString,
                 response_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.FromString,
+                _registered_method=True)
+        self.ResumeStreamChat = channel.unary_stream(
+                '/llmmesh.chat.v1.ChatService/ResumeStreamChat',
+                request_serializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.ResumeStreamChatRequest.SerializeToString,
+                response_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.FromString,
+                _registered_method=True)
+        self.CancelTurn = channel.unary_unary(
+                '/llmmesh.chat.v1.ChatService/CancelTurn',
+                request_serializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.CancelTurnRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.GetConversation = channel.unary_unary(
                 '/llmmesh.chat.v1.ChatService/GetConversation',
@@ -88,6 +100,8 @@ class ChatServiceServicer:
     - `conversations/{conversation}`: one user's conversation (private: another
     user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+    for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -103,6 +117,26 @@ class ChatServiceServicer:
         sources, then exactly one done or error event, which ends the stream. Errors
         after the start travel inside the stream (HTTP/1.1 clients of the edge never
         see gRPC trailers); errors before it are ordinary gRPC statuses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeStreamChat(self, request, context):
+        """Streams the events of a turn (named by StreamChat's start event) after the
+        sequence number the client saw last, each exactly once, live while the turn still
+        runs: a client that lost its StreamChat stream resumes it here, from any replica.
+        Another user's or an expired turn answers NOT_FOUND; a sequence past the end of
+        a finished turn OUT_OF_RANGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTurn(self, request, context):
+        """Stops a running turn at once (from any replica): its stream ends with a done event
+        whose finish reason is FINISH_REASON_CANCELLED, charged what was generated. A turn
+        that already ended is left as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +190,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     request_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatRequest.FromString,
                     response_serializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.SerializeToString,
             ),
+            'ResumeStreamChat': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeStreamChat,
+                    request_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.ResumeStreamChatRequest.FromString,
+                    response_serializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.SerializeToString,
+            ),
+            'CancelTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTurn,
+                    request_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.CancelTurnRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
             'GetConversation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConversation,
                     request_deserializer=llmmesh_dot_chat_dot_v1_dot_chat__pb2.GetConversationRequest.FromString,
@@ -197,6 +241,8 @@ class ChatService:
     - `conversations/{conversation}`: one user's conversation (private: another
     user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+    for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -244,6 +290,60 @@ class ChatService:
             '/llmmesh.chat.v1.ChatService/StreamChat',
             llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatRequest.SerializeToString,
             llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeStreamChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llmmesh.chat.v1.ChatService/ResumeStreamChat',
+            llmmesh_dot_chat_dot_v1_dot_chat__pb2.ResumeStreamChatRequest.SerializeToString,
+            llmmesh_dot_chat_dot_v1_dot_chat__pb2.StreamChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmmesh.chat.v1.ChatService/CancelTurn',
+            llmmesh_dot_chat_dot_v1_dot_chat__pb2.CancelTurnRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,8 @@ class ChatServiceStub:
     - `conversations/{conversation}`: one user's conversation (private: another
       user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+      for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -49,6 +51,18 @@ class ChatServiceStub:
     sources, then exactly one done or error event, which ends the stream. Errors
     after the start travel inside the stream (HTTP/1.1 clients of the edge never
     see gRPC trailers); errors before it are ordinary gRPC statuses.
+    """
+    ResumeStreamChat: _grpc.UnaryStreamMultiCallable[_chat_pb2.ResumeStreamChatRequest, _chat_pb2.StreamChatResponse]
+    """Streams the events of a turn (named by StreamChat's start event) after the
+    sequence number the client saw last, each exactly once, live while the turn still
+    runs: a client that lost its StreamChat stream resumes it here, from any replica.
+    Another user's or an expired turn answers NOT_FOUND; a sequence past the end of
+    a finished turn OUT_OF_RANGE.
+    """
+    CancelTurn: _grpc.UnaryUnaryMultiCallable[_chat_pb2.CancelTurnRequest, _empty_pb2.Empty]
+    """Stops a running turn at once (from any replica): its stream ends with a done event
+    whose finish reason is FINISH_REASON_CANCELLED, charged what was generated. A turn
+    that already ended is left as it is.
     """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_chat_pb2.GetConversationRequest, _chat_pb2.Conversation]
     """Returns a conversation."""
@@ -70,6 +84,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     - `conversations/{conversation}`: one user's conversation (private: another
       user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+      for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -81,6 +97,18 @@ class ChatServiceAsyncStub(ChatServiceStub):
     sources, then exactly one done or error event, which ends the stream. Errors
     after the start travel inside the stream (HTTP/1.1 clients of the edge never
     see gRPC trailers); errors before it are ordinary gRPC statuses.
+    """
+    ResumeStreamChat: _aio.UnaryStreamMultiCallable[_chat_pb2.ResumeStreamChatRequest, _chat_pb2.StreamChatResponse]  # type: ignore[assignment]
+    """Streams the events of a turn (named by StreamChat's start event) after the
+    sequence number the client saw last, each exactly once, live while the turn still
+    runs: a client that lost its StreamChat stream resumes it here, from any replica.
+    Another user's or an expired turn answers NOT_FOUND; a sequence past the end of
+    a finished turn OUT_OF_RANGE.
+    """
+    CancelTurn: _aio.UnaryUnaryMultiCallable[_chat_pb2.CancelTurnRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Stops a running turn at once (from any replica): its stream ends with a done event
+    whose finish reason is FINISH_REASON_CANCELLED, charged what was generated. A turn
+    that already ended is left as it is.
     """
     GetConversation: _aio.UnaryUnaryMultiCallable[_chat_pb2.GetConversationRequest, _chat_pb2.Conversation]  # type: ignore[assignment]
     """Returns a conversation."""
@@ -101,6 +129,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     - `conversations/{conversation}`: one user's conversation (private: another
       user's conversation answers NOT_FOUND).
     - `conversations/{conversation}/messages/{message}`: a completed turn's message.
+    - `conversations/{conversation}/turns/{turn}`: one streamed turn's event log, kept
+      for a while (LLMMESH_CHAT_RESUME_TTL_SECONDS) so a client can resume or cancel it.
     - `models/{model}`: a configured chat model.
     """
 
@@ -122,6 +152,30 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         sources, then exactly one done or error event, which ends the stream. Errors
         after the start travel inside the stream (HTTP/1.1 clients of the edge never
         see gRPC trailers); errors before it are ordinary gRPC statuses.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeStreamChat(
+        self,
+        request: _chat_pb2.ResumeStreamChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_pb2.StreamChatResponse], _abc.AsyncIterator[_chat_pb2.StreamChatResponse]]:
+        """Streams the events of a turn (named by StreamChat's start event) after the
+        sequence number the client saw last, each exactly once, live while the turn still
+        runs: a client that lost its StreamChat stream resumes it here, from any replica.
+        Another user's or an expired turn answers NOT_FOUND; a sequence past the end of
+        a finished turn OUT_OF_RANGE.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelTurn(
+        self,
+        request: _chat_pb2.CancelTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Stops a running turn at once (from any replica): its stream ends with a done event
+        whose finish reason is FINISH_REASON_CANCELLED, charged what was generated. A turn
+        that already ended is left as it is.
         """
 
     @_abc_1.abstractmethod

@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"llmmesh/document/v1/document.proto\x12\x13llmmesh.document.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8a\x02\n\x08\x44ocument\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x66ilename\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63ontent_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06sha256\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64\x65\x64uplicated\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\"^\n\x0e\x44ocumentSource\x12\x16\n\x08\x66ilename\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x63ontent_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x15\x43reateDocumentRequest\x12\x39\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"i\n\x15UploadDocumentRequest\x12\x35\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"i\n\x15IngestDocumentRequest\x12\x39\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"\xcc\x01\n\x16IngestDocumentResponse\x12/\n\x05stage\x18\x01 \x01(\x0e\x32 .llmmesh.document.v1.IngestStage\x12\x17\n\x0f\x65mbedded_chunks\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x05\x12/\n\x08\x64ocument\x18\x04 \x01(\x0b\x32\x1d.llmmesh.document.v1.Document\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"\xa8\x01\n\x16SearchDocumentsRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x01k\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x17\n\tdocuments\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\tmin_score\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x42\x04\n\x02_kB\x0c\n\n_min_score\"x\n\x0cSearchResult\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x0c\n\x04text\x18\x06 \x01(\t\"M\n\x17SearchDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.llmmesh.document.v1.SearchResult\"(\n\x12GetDocumentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x14ListDocumentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\ncollection\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"b\n\x15ListDocumentsResponse\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.llmmesh.document.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15\x44\x65leteDocumentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\nCollection\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x64ocument_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\"K\n\x16ListCollectionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"h\n\x17ListCollectionsResponse\x12\x34\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1f.llmmesh.document.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdd\x01\n\x0bIngestStage\x12\x1c\n\x18INGEST_STAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15INGEST_STAGE_RECEIVED\x10\x01\x12\x17\n\x13INGEST_STAGE_PARSED\x10\x02\x12\x18\n\x14INGEST_STAGE_CHUNKED\x10\x03\x12\x19\n\x15INGEST_STAGE_EMBEDDED\x10\x04\x12\x17\n\x13INGEST_STAGE_STORED\x10\x05\x12\x15\n\x11INGEST_STAGE_DONE\x10\x06\x12\x17\n\x13INGEST_STAGE_FAILED\x10\x07\x32\x9b\x08\n\x0f\x44ocumentService\x12u\n\x0e\x43reateDocument\x12*.llmmesh.document.v1.CreateDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/documents:\x01*\x12~\n\x0eUploadDocument\x12*.llmmesh.document.v1.UploadDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:upload:\x01*(\x01\x12\x8c\x01\n\x0eIngestDocument\x12*.llmmesh.document.v1.IngestDocumentRequest\x1a+.llmmesh.document.v1.IngestDocumentResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:ingest:\x01*0\x01\x12\x8d\x01\n\x0fSearchDocuments\x12+.llmmesh.document.v1.SearchDocumentsRequest\x1a,.llmmesh.document.v1.SearchDocumentsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:search:\x01*\x12u\n\x0bGetDocument\x12\'.llmmesh.document.v1.GetDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=documents/*}\x12}\n\rListDocuments\x12).llmmesh.document.v1.ListDocumentsRequest\x1a*.llmmesh.document.v1.ListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12t\n\x0e\x44\x65leteDocument\x12*.llmmesh.document.v1.DeleteDocumentRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/{name=documents/*}\x12\x85\x01\n\x0fListCollections\x12+.llmmesh.document.v1.ListCollectionsRequest\x1a,.llmmesh.document.v1.ListCollectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/collectionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"llmmesh/document/v1/document.proto\x12\x13llmmesh.document.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8a\x02\n\x08\x44ocument\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x66ilename\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63ontent_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06sha256\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64\x65\x64uplicated\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\"^\n\x0e\x44ocumentSource\x12\x16\n\x08\x66ilename\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x63ontent_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x15\x43reateDocumentRequest\x12\x39\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"i\n\x15UploadDocumentRequest\x12\x35\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x82\x01\n\x15IngestDocumentRequest\x12\x39\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceB\x04\xe2\x41\x01\x01\x12\x15\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x01\x12\x17\n\toperation\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x15ImportDocumentRequest\x12\x39\n\x06source\x18\x01 \x01(\x0b\x32#.llmmesh.document.v1.DocumentSourceB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"\xfc\x02\n\x16ImportDocumentMetadata\x12\x35\n\x05stage\x18\x01 \x01(\x0e\x32 .llmmesh.document.v1.IngestStageB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x65mbedded_chunks\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_chunks\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x66ilename\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ncollection\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x63\x61ncel_requested\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\"\xcc\x01\n\x16IngestDocumentResponse\x12/\n\x05stage\x18\x01 \x01(\x0e\x32 .llmmesh.document.v1.IngestStage\x12\x17\n\x0f\x65mbedded_chunks\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_chunks\x18\x03 \x01(\x05\x12/\n\x08\x64ocument\x18\x04 \x01(\x0b\x32\x1d.llmmesh.document.v1.Document\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"\xa8\x01\n\x16SearchDocumentsRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncollection\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x01k\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x17\n\tdocuments\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\tmin_score\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x42\x04\n\x02_kB\x0c\n\n_min_score\"x\n\x0cSearchResult\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x0c\n\x04text\x18\x06 \x01(\t\"M\n\x17SearchDocumentsResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.llmmesh.document.v1.SearchResult\"(\n\x12GetDocumentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x14ListDocumentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\ncollection\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"b\n\x15ListDocumentsResponse\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.llmmesh.document.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15\x44\x65leteDocumentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Y\n\nCollection\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x64ocument_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\"K\n\x16ListCollectionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"h\n\x17ListCollectionsResponse\x12\x34\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1f.llmmesh.document.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdd\x01\n\x0bIngestStage\x12\x1c\n\x18INGEST_STAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15INGEST_STAGE_RECEIVED\x10\x01\x12\x17\n\x13INGEST_STAGE_PARSED\x10\x02\x12\x18\n\x14INGEST_STAGE_CHUNKED\x10\x03\x12\x19\n\x15INGEST_STAGE_EMBEDDED\x10\x04\x12\x17\n\x13INGEST_STAGE_STORED\x10\x05\x12\x15\n\x11INGEST_STAGE_DONE\x10\x06\x12\x17\n\x13INGEST_STAGE_FAILED\x10\x07\x32\xbf\t\n\x0f\x44ocumentService\x12u\n\x0e\x43reateDocument\x12*.llmmesh.document.v1.CreateDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/documents:\x01*\x12~\n\x0eUploadDocument\x12*.llmmesh.document.v1.UploadDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:upload:\x01*(\x01\x12\x8c\x01\n\x0eIngestDocument\x12*.llmmesh.document.v1.IngestDocumentRequest\x1a+.llmmesh.document.v1.IngestDocumentResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:ingest:\x01*0\x01\x12\xa1\x01\n\x0eImportDocument\x12*.llmmesh.document.v1.ImportDocumentRequest\x1a\x1d.google.longrunning.Operation\"D\xca\x41\"\n\x08\x44ocument\x12\x16ImportDocumentMetadata\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:import:\x01*\x12\x8d\x01\n\x0fSearchDocuments\x12+.llmmesh.document.v1.SearchDocumentsRequest\x1a,.llmmesh.document.v1.SearchDocumentsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:search:\x01*\x12u\n\x0bGetDocument\x12\'.llmmesh.document.v1.GetDocumentRequest\x1a\x1d.llmmesh.document.v1.Document\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=documents/*}\x12}\n\rListDocuments\x12).llmmesh.document.v1.ListDocumentsRequest\x1a*.llmmesh.document.v1.ListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12t\n\x0e\x44\x65leteDocument\x12*.llmmesh.document.v1.DeleteDocumentRequest\x1a\x16.google.protobuf.Empty\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/{name=documents/*}\x12\x85\x01\n\x0fListCollections\x12+.llmmesh.document.v1.ListCollectionsRequest\x1a,.llmmesh.document.v1.ListCollectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/collectionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,9 +66,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEDOCUMENTREQUEST'].fields_by_name['content']._loaded_options = None
   _globals['_CREATEDOCUMENTREQUEST'].fields_by_name['content']._serialized_options = b'\342A\001\002'
   _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['source']._loaded_options = None
-  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['source']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['source']._serialized_options = b'\342A\001\001'
   _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['content']._loaded_options = None
-  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['content']._serialized_options = b'\342A\001\002'
+  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['content']._serialized_options = b'\342A\001\001'
+  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['operation']._loaded_options = None
+  _globals['_INGESTDOCUMENTREQUEST'].fields_by_name['operation']._serialized_options = b'\342A\001\001'
+  _globals['_IMPORTDOCUMENTREQUEST'].fields_by_name['source']._loaded_options = None
+  _globals['_IMPORTDOCUMENTREQUEST'].fields_by_name['source']._serialized_options = b'\342A\001\002'
+  _globals['_IMPORTDOCUMENTREQUEST'].fields_by_name['content']._loaded_options = None
+  _globals['_IMPORTDOCUMENTREQUEST'].fields_by_name['content']._serialized_options = b'\342A\001\002'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['stage']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['stage']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['embedded_chunks']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['embedded_chunks']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['total_chunks']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['total_chunks']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['filename']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['filename']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['collection']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['collection']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['create_time']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['update_time']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['cancel_requested']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['cancel_requested']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['attempts']._loaded_options = None
+  _globals['_IMPORTDOCUMENTMETADATA'].fields_by_name['attempts']._serialized_options = b'\342A\001\003'
   _globals['_SEARCHDOCUMENTSREQUEST'].fields_by_name['query']._loaded_options = None
   _globals['_SEARCHDOCUMENTSREQUEST'].fields_by_name['query']._serialized_options = b'\342A\001\002'
   _globals['_SEARCHDOCUMENTSREQUEST'].fields_by_name['collection']._loaded_options = None
@@ -104,6 +131,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENTSERVICE'].methods_by_name['UploadDocument']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/documents:upload:\001*'
   _globals['_DOCUMENTSERVICE'].methods_by_name['IngestDocument']._loaded_options = None
   _globals['_DOCUMENTSERVICE'].methods_by_name['IngestDocument']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/documents:ingest:\001*'
+  _globals['_DOCUMENTSERVICE'].methods_by_name['ImportDocument']._loaded_options = None
+  _globals['_DOCUMENTSERVICE'].methods_by_name['ImportDocument']._serialized_options = b'\312A\"\n\010Document\022\026ImportDocumentMetadata\202\323\344\223\002\031\"\024/v1/documents:import:\001*'
   _globals['_DOCUMENTSERVICE'].methods_by_name['SearchDocuments']._loaded_options = None
   _globals['_DOCUMENTSERVICE'].methods_by_name['SearchDocuments']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/documents:search:\001*'
   _globals['_DOCUMENTSERVICE'].methods_by_name['GetDocument']._loaded_options = None
@@ -114,40 +143,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENTSERVICE'].methods_by_name['DeleteDocument']._serialized_options = b'\202\323\344\223\002\030*\026/v1/{name=documents/*}'
   _globals['_DOCUMENTSERVICE'].methods_by_name['ListCollections']._loaded_options = None
   _globals['_DOCUMENTSERVICE'].methods_by_name['ListCollections']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/collections'
-  _globals['_INGESTSTAGE']._serialized_start=2037
-  _globals['_INGESTSTAGE']._serialized_end=2258
-  _globals['_DOCUMENT']._serialized_start=210
-  _globals['_DOCUMENT']._serialized_end=476
-  _globals['_DOCUMENTSOURCE']._serialized_start=478
-  _globals['_DOCUMENTSOURCE']._serialized_end=572
-  _globals['_CREATEDOCUMENTREQUEST']._serialized_start=574
-  _globals['_CREATEDOCUMENTREQUEST']._serialized_end=679
-  _globals['_UPLOADDOCUMENTREQUEST']._serialized_start=681
-  _globals['_UPLOADDOCUMENTREQUEST']._serialized_end=786
-  _globals['_INGESTDOCUMENTREQUEST']._serialized_start=788
-  _globals['_INGESTDOCUMENTREQUEST']._serialized_end=893
-  _globals['_INGESTDOCUMENTRESPONSE']._serialized_start=896
-  _globals['_INGESTDOCUMENTRESPONSE']._serialized_end=1100
-  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_start=1103
-  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_end=1271
-  _globals['_SEARCHRESULT']._serialized_start=1273
-  _globals['_SEARCHRESULT']._serialized_end=1393
-  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_start=1395
-  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_end=1472
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1474
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1514
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1516
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1615
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1617
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1715
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1717
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1760
-  _globals['_COLLECTION']._serialized_start=1762
-  _globals['_COLLECTION']._serialized_end=1851
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1853
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1928
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1930
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2034
-  _globals['_DOCUMENTSERVICE']._serialized_start=2261
-  _globals['_DOCUMENTSERVICE']._serialized_end=3312
+  _globals['_INGESTSTAGE']._serialized_start=2590
+  _globals['_INGESTSTAGE']._serialized_end=2811
+  _globals['_DOCUMENT']._serialized_start=247
+  _globals['_DOCUMENT']._serialized_end=513
+  _globals['_DOCUMENTSOURCE']._serialized_start=515
+  _globals['_DOCUMENTSOURCE']._serialized_end=609
+  _globals['_CREATEDOCUMENTREQUEST']._serialized_start=611
+  _globals['_CREATEDOCUMENTREQUEST']._serialized_end=716
+  _globals['_UPLOADDOCUMENTREQUEST']._serialized_start=718
+  _globals['_UPLOADDOCUMENTREQUEST']._serialized_end=823
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_start=826
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_end=956
+  _globals['_IMPORTDOCUMENTREQUEST']._serialized_start=958
+  _globals['_IMPORTDOCUMENTREQUEST']._serialized_end=1063
+  _globals['_IMPORTDOCUMENTMETADATA']._serialized_start=1066
+  _globals['_IMPORTDOCUMENTMETADATA']._serialized_end=1446
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_start=1449
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_end=1653
+  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_start=1656
+  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_end=1824
+  _globals['_SEARCHRESULT']._serialized_start=1826
+  _globals['_SEARCHRESULT']._serialized_end=1946
+  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_start=1948
+  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_end=2025
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=2027
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=2067
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2069
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2168
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2170
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2268
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=2270
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=2313
+  _globals['_COLLECTION']._serialized_start=2315
+  _globals['_COLLECTION']._serialized_end=2404
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=2406
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=2481
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=2483
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2587
+  _globals['_DOCUMENTSERVICE']._serialized_start=2814
+  _globals['_DOCUMENTSERVICE']._serialized_end=4029
 # @@protoc_insertion_point(module_scope)

@@ -213,14 +213,51 @@ Global___UploadDocumentRequest: _TypeAlias = UploadDocumentRequest  # noqa: Y015
 
 @_typing.final
 class IngestDocumentRequest(_message.Message):
-    """Request for DocumentService.IngestDocument."""
+    """Request for DocumentService.IngestDocument: a file to ingest now, or an operation
+    of ImportDocument whose progress to follow.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The file's bytes (base64 in JSON); required unless `operation` is set."""
+    operation: _builtins.str
+    """Follow this operation (`operations/{operation}`) instead: the stream reports its
+    progress from now on and ends with its outcome. `source` and `content` must then
+    be empty.
+    """
+    @_builtins.property
+    def source(self) -> Global___DocumentSource:
+        """What the file is; required unless `operation` is set."""
+
+    def __init__(
+        self,
+        *,
+        source: Global___DocumentSource | None = ...,
+        content: _builtins.bytes = ...,
+        operation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "operation", b"operation", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestDocumentRequest: _TypeAlias = IngestDocumentRequest  # noqa: Y015
+
+@_typing.final
+class ImportDocumentRequest(_message.Message):
+    """Request for DocumentService.ImportDocument."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
-    """The file's bytes (base64 in JSON)."""
+    """The file's bytes (base64 in JSON), up to the upload limit (10 MiB by default)."""
     @_builtins.property
     def source(self) -> Global___DocumentSource:
         """What the file is."""
@@ -237,7 +274,69 @@ class IngestDocumentRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IngestDocumentRequest: _TypeAlias = IngestDocumentRequest  # noqa: Y015
+Global___ImportDocumentRequest: _TypeAlias = ImportDocumentRequest  # noqa: Y015
+
+@_typing.final
+class ImportDocumentMetadata(_message.Message):
+    """The metadata of an ImportDocument operation: what it ingests and how far it got."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    EMBEDDED_CHUNKS_FIELD_NUMBER: _builtins.int
+    TOTAL_CHUNKS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    stage: Global___IngestStage.ValueType
+    """The step reached (INGEST_STAGE_RECEIVED while queued)."""
+    embedded_chunks: _builtins.int
+    """Chunks embedded so far."""
+    total_chunks: _builtins.int
+    """Chunks in the document (known from INGEST_STAGE_CHUNKED on)."""
+    size_bytes: _builtins.int
+    """Size of the upload in bytes."""
+    filename: _builtins.str
+    """The uploaded file's name."""
+    collection: _builtins.str
+    """The collection it goes into."""
+    cancel_requested: _builtins.bool
+    """True once a cancellation was asked for."""
+    attempts: _builtins.int
+    """How many times a worker started it (more than 1 after a worker was lost)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the operation was created."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed (progress, or its end)."""
+
+    def __init__(
+        self,
+        *,
+        stage: Global___IngestStage.ValueType = ...,
+        embedded_chunks: _builtins.int = ...,
+        total_chunks: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        filename: _builtins.str = ...,
+        collection: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        cancel_requested: _builtins.bool = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "collection", b"collection", "create_time", b"create_time", "embedded_chunks", b"embedded_chunks", "filename", b"filename", "size_bytes", b"size_bytes", "stage", b"stage", "total_chunks", b"total_chunks", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportDocumentMetadata: _TypeAlias = ImportDocumentMetadata  # noqa: Y015
 
 @_typing.final
 class IngestDocumentResponse(_message.Message):

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from llmmesh.document.v1 import document_pb2 as llmmesh_dot_document_dot_v1_dot_document__pb2
 
@@ -35,9 +36,17 @@ class DocumentServiceStub:
     collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+    the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     def __init__(self, channel):
@@ -60,6 +69,11 @@ class DocumentServiceStub:
                 '/llmmesh.document.v1.DocumentService/IngestDocument',
                 request_serializer=llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentRequest.SerializeToString,
                 response_deserializer=llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentResponse.FromString,
+                _registered_method=True)
+        self.ImportDocument = channel.unary_unary(
+                '/llmmesh.document.v1.DocumentService/ImportDocument',
+                request_serializer=llmmesh_dot_document_dot_v1_dot_document__pb2.ImportDocumentRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
         self.SearchDocuments = channel.unary_unary(
                 '/llmmesh.document.v1.DocumentService/SearchDocuments',
@@ -97,9 +111,17 @@ class DocumentServiceServicer:
     collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+    the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     def CreateDocument(self, request, context):
@@ -120,6 +142,15 @@ class DocumentServiceServicer:
     def IngestDocument(self, request, context):
         """Ingests a file sent whole and streams the pipeline's progress; the last event
         carries the document or the error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDocument(self, request, context):
+        """Stores a file (up to the upload limit) and ingests it in the background: returns
+        at once an operation (`operations/{operation}`) whose metadata reports progress
+        and whose response is the Document. The work survives the client going away.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +209,11 @@ def add_DocumentServiceServicer_to_server(servicer, server):
                     request_deserializer=llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentRequest.FromString,
                     response_serializer=llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentResponse.SerializeToString,
             ),
+            'ImportDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDocument,
+                    request_deserializer=llmmesh_dot_document_dot_v1_dot_document__pb2.ImportDocumentRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
             'SearchDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchDocuments,
                     request_deserializer=llmmesh_dot_document_dot_v1_dot_document__pb2.SearchDocumentsRequest.FromString,
@@ -220,9 +256,17 @@ class DocumentService:
     collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+    the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     @staticmethod
@@ -296,6 +340,33 @@ class DocumentService:
             '/llmmesh.document.v1.DocumentService/IngestDocument',
             llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentRequest.SerializeToString,
             llmmesh_dot_document_dot_v1_dot_document__pb2.IngestDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmmesh.document.v1.DocumentService/ImportDocument',
+            llmmesh_dot_document_dot_v1_dot_document__pb2.ImportDocumentRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from llmmesh.document.v1 import document_pb2 as _document_pb2
@@ -36,9 +37,17 @@ class DocumentServiceStub:
       collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+      the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     @_typing.overload
@@ -54,6 +63,11 @@ class DocumentServiceStub:
     IngestDocument: _grpc.UnaryStreamMultiCallable[_document_pb2.IngestDocumentRequest, _document_pb2.IngestDocumentResponse]
     """Ingests a file sent whole and streams the pipeline's progress; the last event
     carries the document or the error.
+    """
+    ImportDocument: _grpc.UnaryUnaryMultiCallable[_document_pb2.ImportDocumentRequest, _operations_pb2.Operation]
+    """Stores a file (up to the upload limit) and ingests it in the background: returns
+    at once an operation (`operations/{operation}`) whose metadata reports progress
+    and whose response is the Document. The work survives the client going away.
     """
     SearchDocuments: _grpc.UnaryUnaryMultiCallable[_document_pb2.SearchDocumentsRequest, _document_pb2.SearchDocumentsResponse]
     """Finds the chunks most similar to a query among the caller's documents."""
@@ -76,9 +90,17 @@ class DocumentServiceAsyncStub(DocumentServiceStub):
       collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+      the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -91,6 +113,11 @@ class DocumentServiceAsyncStub(DocumentServiceStub):
     IngestDocument: _aio.UnaryStreamMultiCallable[_document_pb2.IngestDocumentRequest, _document_pb2.IngestDocumentResponse]  # type: ignore[assignment]
     """Ingests a file sent whole and streams the pipeline's progress; the last event
     carries the document or the error.
+    """
+    ImportDocument: _aio.UnaryUnaryMultiCallable[_document_pb2.ImportDocumentRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Stores a file (up to the upload limit) and ingests it in the background: returns
+    at once an operation (`operations/{operation}`) whose metadata reports progress
+    and whose response is the Document. The work survives the client going away.
     """
     SearchDocuments: _aio.UnaryUnaryMultiCallable[_document_pb2.SearchDocumentsRequest, _document_pb2.SearchDocumentsResponse]  # type: ignore[assignment]
     """Finds the chunks most similar to a query among the caller's documents."""
@@ -112,9 +139,17 @@ class DocumentServiceServicer(metaclass=_abc_1.ABCMeta):
       collection, a user-chosen label (`default` when unset).
     - `collections/{collection}`: the caller's collections, derived from documents.
 
+    - `operations/{operation}`: an ingestion running in the background, served by
+      the `google.longrunning.Operations` service of this same server (AIP-151).
+
     Ingestion is all or nothing: a failure at any step leaves no document and no
     chunk behind. Identical content uploaded again into the same collection returns
     the existing document instead of storing it twice.
+
+    CreateDocument, UploadDocument and IngestDocument (with content) ingest within the
+    call and take files up to the synchronous limit (1 MiB by default); larger files
+    are refused with FAILED_PRECONDITION (reason SYNC_UPLOAD_TOO_LARGE): send them with
+    ImportDocument, which stores the upload and returns an operation at once.
     """
 
     @_abc_1.abstractmethod
@@ -143,6 +178,17 @@ class DocumentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_document_pb2.IngestDocumentResponse], _abc.AsyncIterator[_document_pb2.IngestDocumentResponse]]:
         """Ingests a file sent whole and streams the pipeline's progress; the last event
         carries the document or the error.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportDocument(
+        self,
+        request: _document_pb2.ImportDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Stores a file (up to the upload limit) and ingests it in the background: returns
+        at once an operation (`operations/{operation}`) whose metadata reports progress
+        and whose response is the Document. The work survives the client going away.
         """
 
     @_abc_1.abstractmethod
