@@ -74,6 +74,7 @@ class Finished:
     content: str
     create_time: float = 0.0
     sources: tuple[Source, ...] = field(default_factory=tuple)
+    model: str = ""  # the model that answered (a fallback, maybe)
 
     @property
     def stored(self) -> bool:

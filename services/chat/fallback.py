@@ -76,6 +76,9 @@ class FallbackChain:
         if not models:
             raise ValueError("a chain needs a model")
         self.models = tuple(models)
+        # The model being tried: once one started answering, the one that answers;
+        # when all failed, the last one tried.
+        self.answering = self.models[0]
 
     async def stream(self, messages: list[BaseMessage], options: dict[str, Any]
                      ) -> AsyncGenerator[tuple[RegisteredModel, BaseMessageChunk], None]:
@@ -85,6 +88,7 @@ class FallbackChain:
         for model in self.models:
             policy = model.spec.retry
             for attempt in range(policy.max_attempts):
+                self.answering = model
                 if not model.gated:
                     await provider_gate.wait_for_gate()
                 stream = _chunks(model, messages, options)
@@ -114,6 +118,7 @@ class FallbackChain:
         for model in self.models:
             policy = model.spec.retry
             for attempt in range(policy.max_attempts):
+                self.answering = model
                 if not model.gated:
                     await provider_gate.wait_for_gate()
                 try:

@@ -182,7 +182,8 @@ class LiveTurn:
         if self._cancel_reason is not None:
             usage = self._turn.charged or Usage()
             return Finished(usage=usage, finish_reason=FinishReason.CANCELLED, message_name="",
-                            content=self._turn.generation.text)
+                            content=self._turn.generation.text,
+                            model=self._turn.answered_by.spec.id)
         assert self._consumer is not None
         error = self._consumer.exception() if not self._consumer.cancelled() else None
         log.error("a turn ended without its final event", exc_info=error,

@@ -50,8 +50,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                                           streamed=False)
         event = await self._engine.answer(turn)
         return chat_pb2.ChatResponse(
-            conversation=f"conversations/{turn.conversation_id}", model=turn.model.spec.id,
-            message=_answer(event, turn.model.spec.id),
+            conversation=f"conversations/{turn.conversation_id}", model=event.model,
+            message=_answer(event, event.model),
             sources=[source(s) for s in event.sources], usage=usage(event.usage),
             finish_reason=FINISH[event.finish_reason], stored=event.stored)
 

@@ -42,6 +42,7 @@ from services.chat.events import (
     Started,
     Usage,
 )
+from services.chat.fallback import FallbackChain
 from services.chat.prompts import HistoryMessage, build_messages
 from services.chat.quota import Hold, QuotaClient
 from services.chat.registry import ModelRegistry, RegisteredModel
@@ -89,10 +90,19 @@ class PreparedTurn:
     charged: Usage | None = None  # what an unfinished turn was charged, once it was
     finishing: bool = False  # generation is over: settling and storing
     tail: str = ""  # text a cancelled stream read from the model but did not hand on
+    # The model and its fallbacks (services/chat/fallback.py), and whether the first
+    # text arrived (or the call ended): then the answering model is known.
+    fallbacks: FallbackChain | None = None
+    first_text: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def step(self) -> int:
         return hold_step(self.max_tokens)
+
+    @property
+    def answered_by(self) -> RegisteredModel:
+        """The model answering (or that answered): the turn's own or a fallback."""
+        return self.model if self.fallbacks is None else self.fallbacks.answering
 
 
 @dataclass
@@ -194,7 +204,8 @@ class ChatEngine:
             messages=messages, sources=None if sources is None else tuple(sources),
             call_options=call_options, prompt_estimate=estimate,
             prompt_tokens=count_prompt_tokens(str(m.content) for m in messages),
-            max_tokens=valid.max_tokens, hold=Hold("", 0))
+            max_tokens=valid.max_tokens, hold=Hold("", 0),
+            fallbacks=FallbackChain(self.registry.chain(valid.model)))
         # The hold is filled in before the gate opens: the call never sees it empty.
         reservation = asyncio.ensure_future(
             self._quota.reserve(user_id, estimate + valid.max_tokens, into=turn.hold,
@@ -221,7 +232,8 @@ class ChatEngine:
         reader = turn.model_call
         assert reader is not None, "a prepared turn has its model call"
         try:
-            yield Started(turn.conversation_id, turn.model.spec.id)
+            await _answering_known(turn, reader)
+            yield Started(turn.conversation_id, turn.answered_by.spec.id)
         except BaseException:  # the consumer went away before any delta
             await _stop(reader)
             self._quota.release(turn.hold)
@@ -289,10 +301,9 @@ class ChatEngine:
 
     async def _invoke(self, turn: PreparedTurn) -> BaseMessage:
         """The model's whole answer, from one non-streamed call."""
+        assert turn.fallbacks is not None
         with self._model_span(turn, streamed=False) as span:
-            if not turn.model.gated:
-                await provider_gate.wait_for_gate()
-            message = await turn.model.model.ainvoke(turn.messages, **turn.call_options)
+            _, message = await turn.fallbacks.invoke(turn.messages, turn.call_options)
             if span.is_recording():
                 answered = Generation()
                 answered.observe(message)
@@ -312,18 +323,17 @@ class ChatEngine:
                 finally:
                     self._traced_usage(span, turn, generation)
         finally:
+            turn.first_text.set()
             relay.close()
 
     async def _stream_into(self, turn: PreparedTurn, generation: Generation,
                            relay: DeltaRelay) -> None:
-        if not turn.model.gated:
-            await provider_gate.wait_for_gate()
-        stream = turn.model.model.astream(turn.messages, **turn.call_options)
-        # BaseChatModel.astream is an async generator (annotated AsyncIterator): closed
-        # at once when this task is cancelled, so the provider's request stops too.
-        assert isinstance(stream, AsyncGenerator)
+        assert turn.fallbacks is not None
+        # Closed at once when this task is cancelled, so the provider's request stops too.
+        stream = turn.fallbacks.stream(turn.messages, turn.call_options)
         async with aclosing(stream) as chunks:
-            async for chunk in chunks:
+            async for _, chunk in chunks:
+                turn.first_text.set()
                 text = chunk.content if isinstance(chunk.content, str) else ""
                 if text:
                     accepted = generation.accepted_bytes + len(text.encode("utf-8"))
@@ -378,7 +388,7 @@ class ChatEngine:
         await asyncio.wait({settled}, timeout=SETTLE_WAIT_SECONDS)
         yield Finished(usage=usage, finish_reason=generation.finish, message_name=name,
                        content=generation.text, create_time=time.time(),
-                       sources=turn.sources or ())
+                       sources=turn.sources or (), model=turn.answered_by.spec.id)
 
     async def _grow(self, turn: PreparedTurn, needed: int, generation: Generation) -> bool:
         """Grow the hold by a step, or at least by what is missing, checkpointing what
@@ -415,7 +425,7 @@ class ChatEngine:
     def _prompt_count(self, turn: PreparedTurn) -> int:
         """The turn's prompt as its model counts prompts (our count where the model
         has not reported any usage yet)."""
-        scale = self._prompt_scale.get(turn.model.spec.id)
+        scale = self._prompt_scale.get(turn.answered_by.spec.id)
         return turn.prompt_tokens if scale is None else round(turn.prompt_tokens * scale)
 
     def _learn_prompt_scale(self, turn: PreparedTurn, generation: Generation) -> None:
@@ -423,8 +433,8 @@ class ChatEngine:
                 and generation.finish is not FinishReason.QUOTA_EXHAUSTED):
             return
         ratio = min(max(generation.provider_prompt_tokens / turn.prompt_tokens, 0.25), 4.0)
-        previous = self._prompt_scale.get(turn.model.spec.id)
-        self._prompt_scale[turn.model.spec.id] = (
+        previous = self._prompt_scale.get(turn.answered_by.spec.id)
+        self._prompt_scale[turn.answered_by.spec.id] = (
             ratio if previous is None else previous + PROMPT_SCALE_WEIGHT * (ratio - previous))
 
     def _charge_partial(self, turn: PreparedTurn, generation: Generation) -> None:
@@ -439,11 +449,11 @@ class ChatEngine:
 
     def _settle(self, turn: PreparedTurn, usage: Usage) -> asyncio.Task[None]:
         if self._on_charge is not None:
-            self._on_charge(turn.model.spec.id, usage)
+            self._on_charge(turn.answered_by.spec.id, usage)
         return self._quota.settle(turn.hold, usage.total_tokens)
 
     def _failure(self, error: Exception, turn: PreparedTurn) -> LlmmeshError:
-        mapped = provider_error(error, turn.model.spec.id)
+        mapped = provider_error(error, turn.answered_by.spec.id)
         if mapped is not None:
             return mapped
         log.error("chat turn failed", exc_info=error)
@@ -456,7 +466,7 @@ class ChatEngine:
         answer_id = new_id()
         question = MessageRecord(new_id(), "user", turn.question, started_ms)
         answer = MessageRecord(answer_id, "assistant", generation.text,
-                               int(time.time() * 1000), model=turn.model.spec.id,
+                               int(time.time() * 1000), model=turn.answered_by.spec.id,
                                sources=turn.sources or (), usage=usage)
         try:
             async with asyncio.timeout(self._store_budget):
@@ -485,6 +495,18 @@ class ChatEngine:
         return await self.store.append_turn(turn.user_id, turn.conversation_id,
                                             is_new=turn.is_new, question=question,
                                             answer=answer)
+
+
+async def _answering_known(turn: PreparedTurn, reader: asyncio.Task[Any]) -> None:
+    """Wait until the answering model is known: at once without fallbacks, else at the
+    first text (or the end of the call: then the last model tried failed)."""
+    if turn.fallbacks is None or len(turn.fallbacks.models) == 1:
+        return
+    known = asyncio.ensure_future(turn.first_text.wait())
+    try:
+        await asyncio.wait({known, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        known.cancel()
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

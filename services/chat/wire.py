@@ -42,7 +42,7 @@ def stream_event(event: Event, sequence: int, turn: str) -> chat_pb2.StreamChatR
     if isinstance(event, Finished):
         return chat_pb2.StreamChatResponse(sequence=sequence, done=chat_pb2.StreamDone(
             usage=usage(event.usage), finish_reason=FINISH[event.finish_reason],
-            message=event.message_name, stored=event.stored))
+            message=event.message_name, stored=event.stored, model=event.model))
     assert isinstance(event, Failed)
     return chat_pb2.StreamChatResponse(sequence=sequence, error=to_status(event.error))
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 import pytest
+from google.rpc import code_pb2, status_pb2
 from langchain_core.messages import BaseMessage, HumanMessage
+from llmmesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from pydantic import SecretStr
 
 from mesh.redis_server import free_port
-from services.chat.config import ModelSpec, RetryPolicy, parse_models
+from services.chat.config import ChatConfig, ModelSpec, RetryPolicy, parse_models
 from services.chat.fallback import FallbackChain
 from services.chat.registry import ModelRegistry
+from services.chat.server import create_server
 from services.runtime.config import ConfigError, Env
 from services.runtime.errors import FailedPrecondition
 from services.runtime.provider_errors import provider_error
-from tests.chat.openai_server import OpenAIServer, Script
-from tests.helpers import eventually
+from tests.chat.openai_server import OpenAIServer, Script, count_prompt_tokens, words
+from tests.chat.streams import stream_chat, usage
+from tests.conftest import mesh_env
+from tests.helpers import LoggedIn, eventually
 
 QUESTION = [HumanMessage("tell me about fallbacks")]
 ANSWER = "You said: tell me about fallbacks"
@@ -196,3 +202,64 @@ def test_fallbacks_must_name_configured_models() -> None:
 def _json(value: object) -> str:
     return json.dumps(value)
 
+
+
+# End to end: a chat server whose models fall back, over real gRPC.
+
+@pytest.fixture(scope="module")
+async def fallback_chat(redis_server, data_dir, auth_address, model_server
+                        ) -> AsyncIterator[chat_pb2_grpc.ChatServiceStub]:
+    models = [
+        {"id": "echo", "model": "echo-1", "base_url": model_server.base_url, "api_key": "k"},
+        {"id": "flaky", "model": "flaky-1", "base_url": model_server.base_url, "api_key": "k",
+         "fallbacks": ["echo"], "retry": {"max_attempts": 2, "initial_backoff_seconds": 0.01},
+         "default": True},
+    ]
+    env = mesh_env(redis_server, data_dir, LLMMESH_AUTH_ADDRESS=auth_address,
+                   LLMMESH_CHAT_MODELS=json.dumps(models))
+    server = create_server(ChatConfig.from_env(Env(env)))
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield chat_pb2_grpc.ChatServiceStub(channel)
+    await server.stop(0)
+
+
+async def test_a_stream_says_which_model_answered_and_charges_its_usage(
+        fallback_chat, auth_stub, model_server: OpenAIServer, alice: LoggedIn) -> None:
+    model_server.by_model = {"flaky-1": Script(status=503)}
+    before = await usage(auth_stub, alice)
+    seen = await stream_chat(fallback_chat, alice, "hello there")
+    assert seen.kinds[0] == "start" and seen.kinds[-1] == "done"
+    assert seen.start is not None and seen.start.model == "echo"
+    assert seen.done is not None and seen.done.model == "echo"
+    assert seen.text == "You said: hello there"
+    assert requests_to(model_server, "flaky-1") == 2  # tried twice, then fell back
+    echo_request = next(s for s in model_server.seen if s.body["model"] == "echo-1")
+    assert seen.done.usage.prompt_tokens == count_prompt_tokens(echo_request.body["messages"])
+    assert seen.done.usage.completion_tokens == len(words("You said: hello there"))
+    after = await usage(auth_stub, alice)
+    assert after.tokens_used - before.tokens_used == seen.done.usage.total_tokens
+    stored = await fallback_chat.ListMessages(chat_pb2.ListMessagesRequest(
+        parent=seen.conversation), metadata=alice.metadata)
+    assert stored.messages[-1].model == "echo"
+
+
+async def test_a_unary_answer_says_which_model_answered(
+        fallback_chat, model_server: OpenAIServer, alice: LoggedIn) -> None:
+    model_server.by_model = {"flaky-1": Script(status=429, retry_after="0")}
+    answer = await fallback_chat.Chat(chat_pb2.ChatRequest(message="hi"),
+                                      metadata=alice.metadata)
+    assert answer.model == "echo" and answer.message.model == "echo"
+    assert answer.message.content == "You said: hi"
+
+
+async def test_a_stream_broken_after_its_first_token_ends_with_an_error_event(
+        fallback_chat, model_server: OpenAIServer, alice: LoggedIn) -> None:
+    model_server.by_model = {"flaky-1": Script(fail_after_tokens=2)}
+    seen = await stream_chat(fallback_chat, alice, "hello there")
+    assert seen.start is not None and seen.start.model == "flaky"
+    assert seen.kinds[-1] == "error" and seen.done is None
+    assert isinstance(seen.error, status_pb2.Status)
+    assert seen.error.code == code_pb2.UNAVAILABLE
+    assert seen.text == "You said:"
+    assert requests_to(model_server, "echo-1") == 0  # no silent switch

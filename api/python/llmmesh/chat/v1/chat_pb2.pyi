@@ -375,7 +375,9 @@ class StreamStart(_message.Message):
     conversation: _builtins.str
     """The conversation the turn goes to."""
     model: _builtins.str
-    """The model that answers."""
+    """The model that answers: the one the request named, or the first of its
+    configured fallbacks that could start when it failed before its first token.
+    """
     turn: _builtins.str
     """The turn, `conversations/{conversation}/turns/{turn}`: what ResumeStreamChat and
     CancelTurn name.
@@ -451,6 +453,7 @@ class StreamDone(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STORED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
     message: _builtins.str
@@ -461,6 +464,10 @@ class StreamDone(_message.Message):
     """Whether the turn was added to the conversation's history. False when the
     history could not be written or the conversation was deleted while answering;
     the answer was delivered and charged either way.
+    """
+    model: _builtins.str
+    """The model that answered: the one the request named, or one of its configured
+    fallbacks when that one failed before its first token (as `StreamStart.model`).
     """
     @_builtins.property
     def usage(self) -> Global___TokenUsage:
@@ -473,10 +480,11 @@ class StreamDone(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         message: _builtins.str = ...,
         stored: _builtins.bool = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "message", b"message", "stored", b"stored", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "message", b"message", "model", b"model", "stored", b"stored", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
