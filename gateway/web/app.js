@@ -412,11 +412,15 @@
     return btoa(binary);
   }
 
+  // Uploads are imported as long-running operations (ImportDocument): the work goes on
+  // on the server whatever happens to this page; the progress stream follows it.
   async function ingest(file) {
     setProgress(0, `${file.name}: sending`);
     const content = base64(new Uint8Array(await file.arrayBuffer()));
-    const response = await request("POST", "/v1/documents:ingest",
+    const operation = await call("POST", "/v1/documents:import",
       { source: { filename: file.name }, content });
+    const response = await request("POST", "/v1/documents:ingest",
+      { operation: operation.name });
     let finished = null;
     await readEvents(response, (event) => {
       if (event.error || event.stage === "INGEST_STAGE_FAILED") {
@@ -444,7 +448,9 @@
       }
       if (percent !== undefined) setProgress(percent, text);
     });
-    if (!finished) throw new CutStream("the ingestion stream ended without a result");
+    if (!finished) {
+      throw new CutStream(`the progress stream broke; ${operation.name} goes on on the server`);
+    }
     if (finished.error) throw finished.error;
     return finished.document;
   }
