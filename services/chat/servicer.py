@@ -151,11 +151,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             context: grpc.aio.ServicerContext[chat_pb2.ListModelsRequest,
                                               chat_pb2.ListModelsResponse],
     ) -> chat_pb2.ListModelsResponse:
-        # Only the models the caller's team allows (auth's QuotaService.GetEntitlements).
-        # The engine's quota client: ChatEngine has no public handle on it yet.
-        allowed = await self._engine._quota.allowed_models(current_user().subject)
-        models = [m for m in self._engine.registry.all()
-                  if allowed is None or m.spec.id in allowed]
+        models = await self._engine.usable_models(current_user().subject)
         page = paginate(models, request, "models", default=50, maximum=100)
         return chat_pb2.ListModelsResponse(
             models=[chat_pb2.Model(name=f"models/{m.spec.id}", model_id=m.spec.id,

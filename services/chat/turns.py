@@ -176,6 +176,12 @@ class ChatEngine:
         # pays its prompt as the model would have counted it.
         self._prompt_scale: dict[str, float] = {}
 
+    async def usable_models(self, user_id: str) -> list[RegisteredModel]:
+        """The models `user_id` may use: those their team allows (auth's
+        QuotaService.GetEntitlements), every model outside a team."""
+        allowed = await self._quota.allowed_models(user_id)
+        return [m for m in self.registry.all() if allowed is None or m.spec.id in allowed]
+
     async def prepare(self, user_id: str, request: TurnRequest, *,
                       streamed: bool = True) -> PreparedTurn:
         """Refuse the turn (a status) or admit it: its hold granted and its model call
