@@ -30,6 +30,7 @@ import aiohttp
 import jwt
 
 from services.auth.passwords import PasswordHasher
+from services.auth.users import KEY_PREFIX, email_key, user_key, username_key
 from services.runtime.errors import Unauthenticated, Unavailable
 from services.runtime.identity_providers import OidcIssuer
 from services.runtime.jwt_verify import JwksCache, JwtVerifier, parse_jwks
@@ -41,7 +42,6 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 MAX_SUBJECT_LENGTH = 255
 MAX_GROUPS = 256
 _USERNAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-_PREFIX = "auth:{users}"
 
 # KEYS: link, new user, email, username candidates... ARGV: id, email, create time,
 # password hash, issuer, subject, groups (JSON), then one username per candidate key.
@@ -172,8 +172,8 @@ class OidcProviders:
             password_hash = await self._passwords.hash(secrets.token_urlsafe(32))
             new_id = uuid.uuid4().hex
             outcome = await self._link(
-                keys=[link, _user_key(new_id), _email_key(email),
-                      *(_username_key(name) for name in candidates)],
+                keys=[link, user_key(new_id), email_key(email),
+                      *(username_key(name) for name in candidates)],
                 args=[new_id, email, repr(time.time()), password_hash, issuer.issuer,
                       subject, json.dumps(list(groups)), *candidates])
             if outcome[0] == "taken":
@@ -182,8 +182,8 @@ class OidcProviders:
             user_id = text(outcome[1])
         else:
             user_id = text(existing)
-            await self._redis.hset(_user_key(user_id), "groups", json.dumps(list(groups)))
-        username = await self._redis.hget(_user_key(user_id), "username")
+            await self._redis.hset(user_key(user_id), "groups", json.dumps(list(groups)))
+        username = await self._redis.hget(user_key(user_id), "username")
         return user_id, text(username) if username is not None else ""
 
 
@@ -222,16 +222,5 @@ def _http_jwks(uri: str) -> Any:
 
 
 def _link_key(issuer: str, subject: str) -> str:
-    return f"{_PREFIX}:idp:{hashlib.sha256(issuer.encode()).hexdigest()[:16]}:{subject}"
+    return f"{KEY_PREFIX}:idp:{hashlib.sha256(issuer.encode()).hexdigest()[:16]}:{subject}"
 
-
-def _user_key(user_id: str) -> str:
-    return f"{_PREFIX}:user:{user_id}"
-
-
-def _username_key(username: str) -> str:
-    return f"{_PREFIX}:username:{username.lower()}"
-
-
-def _email_key(email: str) -> str:
-    return f"{_PREFIX}:email:{email.lower()}"

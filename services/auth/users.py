@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from services.runtime.redis_client import RedisClient, text, text_hash
 
-_PREFIX = "auth:{users}"
+KEY_PREFIX = "auth:{users}"  # one hash tag: scripts touch several user keys at once
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'username' end
@@ -53,7 +53,7 @@ class UserStore:
         record = UserRecord(id=uuid.uuid4().hex, username=username, email=email,
                             password_hash=password_hash, create_time=time.time())
         outcome = await self._create(
-            keys=[_user_key(record.id), _username_key(username), _email_key(email)],
+            keys=[user_key(record.id), username_key(username), email_key(email)],
             args=[record.id, username, email, password_hash, repr(record.create_time)],
         )
         if outcome != "ok":
@@ -61,10 +61,10 @@ class UserStore:
         return record
 
     async def username_taken(self, username: str) -> bool:
-        return bool(await self._redis.exists(_username_key(username)))
+        return bool(await self._redis.exists(username_key(username)))
 
     async def get(self, user_id: str) -> UserRecord | None:
-        fields = text_hash(await self._redis.hgetall(_user_key(user_id)))
+        fields = text_hash(await self._redis.hgetall(user_key(user_id)))
         if not fields:
             return None
         return UserRecord(id=fields["id"], username=fields["username"], email=fields["email"],
@@ -72,19 +72,20 @@ class UserStore:
                           create_time=float(fields["create_time"]))
 
     async def find(self, username_or_email: str) -> UserRecord | None:
-        key = (_email_key(username_or_email) if "@" in username_or_email
-               else _username_key(username_or_email))
+        key = (email_key(username_or_email) if "@" in username_or_email
+               else username_key(username_or_email))
         user_id = await self._redis.get(key)
         return None if user_id is None else await self.get(text(user_id))
 
 
-def _user_key(user_id: str) -> str:
-    return f"{_PREFIX}:user:{user_id}"
+def user_key(user_id: str) -> str:
+    """The user record's key (one hash tag for every user key: scripts touch several)."""
+    return f"{KEY_PREFIX}:user:{user_id}"
 
 
-def _username_key(username: str) -> str:
-    return f"{_PREFIX}:username:{username.lower()}"
+def username_key(username: str) -> str:
+    return f"{KEY_PREFIX}:username:{username.lower()}"
 
 
-def _email_key(email: str) -> str:
-    return f"{_PREFIX}:email:{email.lower()}"
+def email_key(email: str) -> str:
+    return f"{KEY_PREFIX}:email:{email.lower()}"

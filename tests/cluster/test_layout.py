@@ -43,8 +43,8 @@ async def test_the_client_for_a_url() -> None:
 
 def test_every_script_touches_one_slot() -> None:
     user = uuid.uuid4().hex
-    assert one_slot(users._user_key(user), users._username_key("Bob"),
-                    users._email_key("b@example.com"))
+    assert one_slot(users.user_key(user), users.username_key("Bob"),
+                    users.email_key("b@example.com"))
     family = "f" * 22
     assert one_slot(refresh_tokens._family_key(family),
                     refresh_tokens._token_key(family, "rt_a"),
