@@ -79,12 +79,17 @@ class IngestWorkers:
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        # Checked by the loop as well as cancelling it: on Python 3.11 a cancel that
+        # lands as a Redis read times out can come back as that timeout (a RedisError
+        # the loop retries), and the loop would run on forever.
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="document-ingest-workers")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
         running = [task, *self._jobs] if task is not None else list(self._jobs)
         for item in running:
@@ -92,14 +97,14 @@ class IngestWorkers:
         await asyncio.gather(*running, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._queue.ensure_group()
                 break
             except RedisError as error:
                 log.warning("could not create the ingestion queue (%s); retrying", error)
                 await asyncio.sleep(1.0)
-        while True:
+        while not self._stopping:
             try:
                 await self._fill()
             except asyncio.CancelledError:
@@ -119,7 +124,7 @@ class IngestWorkers:
         jobs = await self._queue.claim_stale(free)
         if not jobs:
             jobs = await self._queue.read(free, READ_BLOCK_SECONDS)
-        for job in jobs:
+        for job in jobs if not self._stopping else ():  # left pending for another worker
             task = asyncio.create_task(self._run(job), name=f"ingest-{job.operation_id}")
             self._jobs.add(task)
             task.add_done_callback(self._jobs.discard)
