@@ -104,14 +104,17 @@ class OrphanJanitor:
                                                        "chunks": chunks})
         return Sweep(users=1, documents=len(orphans), chunks=chunks)
 
-    async def run_periodically(self, interval: float) -> None:
-        """A pass now, then one every `interval` seconds, until cancelled."""
-        while True:
+    async def run_periodically(self, interval: float, stop: asyncio.Event) -> None:
+        """A pass now, then one every `interval` seconds, until `stop` is set."""
+        # The flag, not only a cancel, ends the loop: on Python 3.11 a cancel that lands
+        # while a Redis read times out can surface as that timeout, caught below.
+        while not stop.is_set():
             try:
                 await self.run()
             except Exception:
                 log.exception("orphan sweep failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     def _created(self, user_id: str, document_id: str, created_at: float | None,
                  now: float) -> float:
@@ -132,16 +135,20 @@ class JanitorTask:
         self.janitor = janitor
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self.janitor.run_periodically(self._interval),
-                                             name="document-orphan-janitor")
+            self._stop.clear()
+            self._task = asyncio.create_task(
+                self.janitor.run_periodically(self._interval, self._stop),
+                name="document-orphan-janitor")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stop.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
