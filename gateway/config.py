@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.runtime.config import ConfigError, Env, RuntimeConfig, endpoint
 from services.runtime.identity_providers import OidcIssuer, oidc_issuers
+from services.runtime.tracing import exporters_requested
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RATELIMIT_RULES = REPO_ROOT / "envoy" / "ratelimit.yaml"
@@ -107,6 +109,8 @@ class EdgeConfig:
     # External OIDC issuers whose tokens the edge verifies (`deployment.local(...,
     # oidc_issuers=...)`), the same setting auth reads.
     oidc_issuers: tuple[OidcIssuer, ...] = ()
+    # Where Envoy sends its spans (OTLP/gRPC): the collector the services export to.
+    otlp_collector: tuple[str, int] | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeConfig:
@@ -126,4 +130,34 @@ class EdgeConfig:
                           if origins else None),
             data_dir=runtime.data_dir,
             oidc_issuers=oidc_issuers(env),
+            otlp_collector=otlp_collector(env),
         )
+
+
+OTEL_SWITCHES = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTLP_DEFAULT_PORT = 4317  # OTLP/gRPC's port; also the SDK's default endpoint's
+
+
+def otlp_collector(env: Env) -> tuple[str, int] | None:
+    """The OTLP/gRPC collector the edge sends its spans to: the one the standard OTEL_*
+    variables give the services (services/runtime/tracing.py), the SDK's default
+    `localhost:4317` when they ask for OTLP without an endpoint, None when they trace
+    nothing over OTLP."""
+    switches = {name: value for name in OTEL_SWITCHES if (value := env.optional(name))}
+    try:
+        wanted = exporters_requested(switches)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if "otlp" not in wanted:
+        return None
+    url = (switches.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+           or switches.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4317")
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port or OTLP_DEFAULT_PORT
+    except ValueError as error:
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_ENDPOINT: bad port in {url!r}") from error
+    if not parts.hostname:
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_ENDPOINT: no host in {url!r}")
+    return parts.hostname, port

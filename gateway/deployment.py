@@ -94,11 +94,13 @@ def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT
           listen_address: str = "127.0.0.1",
           cors_origins: tuple[str, ...] | None = None,
           replicas: Mapping[str, Sequence[tuple[str, int]]] | None = None,
-          oidc_issuers: tuple[OidcIssuer, ...] = ()) -> Deployment:
+          oidc_issuers: tuple[OidcIssuer, ...] = (),
+          otlp_collector: tuple[str, int] | None = None) -> Deployment:
     """This machine: every upstream on 127.0.0.1 at its default port unless `upstreams`
     says otherwise; the admin interface on loopback only. `replicas`: every endpoint of
     an upstream (or of `RATELIMIT_SERVICE`) that runs as several replicas; the first
-    replaces its address in `upstreams`/`ratelimit`."""
+    replaces its address in `upstreams`/`ratelimit`. `otlp_collector`: where Envoy
+    sends its spans (None: the edge traces nothing)."""
     addresses = {u.name: ("127.0.0.1", u.port) for u in spec.upstreams}
     addresses.update(upstreams or {})
     several = {name: tuple(endpoints) for name, endpoints in (replicas or {}).items()
@@ -114,7 +116,7 @@ def local(spec: EdgeSpec, config_dir: str, *, listener_port: int = LISTENER_PORT
         name="local", config_dir=config_dir, listen_address=listen_address,
         listener_port=listener_port, admin_port=admin_port, upstreams=addresses,
         ratelimit=ratelimit, cors_origins=cors_origins, replicas=several,
-        oidc_issuers=oidc_issuers)
+        oidc_issuers=oidc_issuers, otlp_collector=otlp_collector)
 
 
 def kubernetes(spec: EdgeSpec, oidc_issuers: tuple[OidcIssuer, ...] = ()) -> Deployment:

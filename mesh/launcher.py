@@ -217,6 +217,7 @@ class Mesh:
         self.children: list[Child] = []
         self._stopping = threading.Event()
         self.edge_admin_port = 0
+        self.otlp_collector: tuple[str, int] | None = None  # set when the edge starts
         self.restart_backoff = reader.number("LLMMESH_RESTART_BACKOFF_SECONDS", 0.5)
         self.restart_limit = reader.integer("LLMMESH_RESTART_LIMIT", 5, minimum=1)
         self.restart_window = reader.number("LLMMESH_RESTART_WINDOW_SECONDS", 60.0)
@@ -333,12 +334,13 @@ class Mesh:
                     replicas: dict[str, list[tuple[str, int]]] | None = None) -> None:
         """Envoy, last: once everything it calls is up. `replicas`: every endpoint of a
         service that runs as several replicas."""
+        self.otlp_collector = config.otlp_collector
         target = deployment.local(
             LLMMESH_SPEC, str(self.data_dir / "envoy"), listener_port=config.port,
             admin_port=config.admin_port, upstreams=config.upstreams,
             ratelimit=config.ratelimit, listen_address=config.listen_host,
             cors_origins=config.cors_origins, replicas=replicas,
-            oidc_issuers=config.oidc_issuers)
+            oidc_issuers=config.oidc_issuers, otlp_collector=config.otlp_collector)
         log_path = logs / "edge.log"
 
         def spawn() -> subprocess.Popen[bytes]:
@@ -438,6 +440,10 @@ class Mesh:
             lines.append(f"  {child.name:<10} {kind} {child.address:<18}{workers}{metrics}")
         if self.redis is not None:
             lines.append(f"  {'redis':<10} {self.redis.url}  ({self.redis.binary.name})")
+        if self.otlp_collector is not None:
+            host, port = self.otlp_collector
+            lines.append(f"  {'traces':<10} OTLP/gRPC to {host}:{port} from every service "
+                         "and Envoy")
         lines.append(f"  data dir   {self.data_dir}   (logs in {self.data_dir / 'logs'})")
         lines.append("Press Ctrl-C to stop.")
         return "\n".join(lines)

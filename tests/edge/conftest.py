@@ -86,7 +86,8 @@ def ratelimit_address(ratelimit_server: MeshServer) -> str:
 
 def start_test_edge(directory: Path, auth_address: str, upstream_port: int,
                     ratelimit_port: int, *, spec: EdgeSpec = TEST_SPEC,
-                    cors_origins: tuple[str, ...] | None = None) -> Edge:
+                    cors_origins: tuple[str, ...] | None = None,
+                    otlp_collector: tuple[str, int] | None = None) -> Edge:
     """Envoy with the test spec; its listener and admin ports are the kernel's choice.
     `directory` gets its files and log."""
     auth_port = int(auth_address.rpartition(":")[2])
@@ -96,7 +97,8 @@ def start_test_edge(directory: Path, auth_address: str, upstream_port: int,
         upstreams={**{u.name: nobody for u in spec.upstreams},
                    "auth": ("127.0.0.1", auth_port),
                    TEST_UPSTREAM: ("127.0.0.1", upstream_port)},
-        ratelimit=("127.0.0.1", ratelimit_port), cors_origins=cors_origins)
+        ratelimit=("127.0.0.1", ratelimit_port), cors_origins=cors_origins,
+        otlp_collector=otlp_collector)
     envoy = start_local_edge(spec, target, log_path=directory / "envoy.log",
                              extra_descriptors=extra_descriptors(), concurrency=1)
     return Edge(f"http://127.0.0.1:{envoy.listener_port('edge')}", envoy, envoy.admin_port)
