@@ -22,7 +22,9 @@ Request path through the edge listener:
   `requirement_name`): private routes need a token, public ones take none but refuse a
   bad one. Tokens come only from `Authorization: Bearer` (any case of the scheme).
 - API keys and external OIDC tokens (docs/identity.md): the Lua filter moves a
-  `Bearer llmk_...` key into `x-llmmesh-api-key`, so jwt_authn sees no token; jwt_authn
+  `Bearer llmk_...` key into `x-llmmesh-api-key`, so jwt_authn sees no token (or, for a
+  key its worker exchanged in the last `EDGE_KEY_CACHE_SECONDS`, puts the access token
+  it got in its place, so the request costs what one with our token costs); jwt_authn
   verifies our tokens and each configured OIDC issuer's (its JWKS over a cluster of its
   own); private routes accept a missing token there, and ext_authz (auth's
   `envoy.service.auth.v3.Authorization/Check`) runs whenever our own token was not
@@ -51,6 +53,12 @@ from gateway.openapi import OPENAPI_FILE, OPENAPI_PATH
 from gateway.spec import REMOTE_ADDRESS_KEY, ROUTE_CLASS_KEY, USER_KEY, EdgeSpec
 from gateway.webpage import RESPONSE_HEADERS as WEB_RESPONSE_HEADERS
 from gateway.webpage import WEB_FILES
+from services.runtime.authn import (
+    API_KEY_HEADER,
+    API_KEY_PREFIX,
+    EXCHANGED_EXPIRY_KEY,
+    EXCHANGED_TOKEN_KEY,
+)
 from services.runtime.identity_providers import OidcIssuer
 
 DESCRIPTOR_FILE = "descriptor_set.binpb"
@@ -69,7 +77,6 @@ LUA_FILTER = "envoy.filters.http.lua"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 EXT_AUTHZ_TIMEOUT_SECONDS = 2.0
-API_KEY_HEADER = "x-llmmesh-api-key"  # the Lua filter's, read by auth's Check
 OIDC_PAYLOAD_KEY = "oidc_payload"
 OIDC_PROVIDER = "oidc_{index}"
 OIDC_CLUSTER = "oidc_jwks_{index}"
@@ -92,22 +99,54 @@ MAX_DIRECT_RESPONSE_BYTES = 4 * 1024 * 1024
 
 _T = "type.googleapis.com/"
 
+# How long an Envoy worker reuses the access token ext_authz exchanged an API key for,
+# and for how many keys at most: a key check then costs what a JWT check costs, and a
+# revoked key still stops within this plus auth's own cache (1 s).
+EDGE_KEY_CACHE_SECONDS = 2
+EDGE_KEY_CACHE_ENTRIES = 10000
+
 # RFC 7235: the auth scheme is case-insensitive, jwt_authn's prefix match is not.
-_BEARER_LUA = """
+# An API key is no JWT: it is carried aside for ext_authz, past jwt_authn, unless this
+# worker exchanged it moments ago: then the access token it got stands in for it, and
+# jwt_authn verifies that (ext_authz runs only when no token of ours was verified).
+_BEARER_LUA = f"""
+local exchanged = {{}}
+local entries = 0
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local value = headers:get("authorization")
   if value == nil then return end
   local scheme, token = string.match(value, "^%s*(%S+)%s+(.-)%s*$")
-  if scheme ~= nil and scheme ~= "Bearer" and string.lower(scheme) == "bearer" then
-    headers:replace("authorization", "Bearer " .. token)
+  if scheme == nil or string.lower(scheme) ~= "bearer" then return end
+  if string.sub(token, 1, {len(API_KEY_PREFIX)}) ~= "{API_KEY_PREFIX}" then
+    if scheme ~= "Bearer" then headers:replace("authorization", "Bearer " .. token) end
+    return
   end
-  -- An API key is no JWT: carried aside for ext_authz, past jwt_authn.
-  if scheme ~= nil and string.lower(scheme) == "bearer" and
-      string.sub(token, 1, 5) == "llmk_" then
-    headers:remove("authorization")
-    headers:replace("x-llmmesh-api-key", token)
+  local hit = exchanged[token]
+  if hit ~= nil and hit[2] > os.time() then
+    headers:replace("authorization", "Bearer " .. hit[1])
+    return
   end
+  headers:remove("authorization")
+  headers:replace("{API_KEY_HEADER}", token)
+  handle:streamInfo():dynamicMetadata():set("{LUA_FILTER}", "api_key", token)
+end
+
+function envoy_on_response(handle)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local mine = metadata:get("{LUA_FILTER}")
+  if mine == nil or mine.api_key == nil then return end
+  local authz = metadata:get("{EXT_AUTHZ_FILTER}")
+  if authz == nil or authz.{EXCHANGED_TOKEN_KEY} == nil then return end
+  if entries >= {EDGE_KEY_CACHE_ENTRIES} then
+    exchanged = {{}}
+    entries = 0
+  end
+  if exchanged[mine.api_key] == nil then entries = entries + 1 end
+  local until_ = math.min(os.time() + {EDGE_KEY_CACHE_SECONDS},
+                          (authz.{EXCHANGED_EXPIRY_KEY} or 0) - 1)
+  exchanged[mine.api_key] = {{authz.{EXCHANGED_TOKEN_KEY}, until_}}
 end
 """
 OTLP_CLUSTER = "opentelemetry_collector"

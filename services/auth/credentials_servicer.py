@@ -4,7 +4,8 @@ the edge calls for every request to a private route whose bearer is not one of o
 access tokens (gateway/envoy_config.py).
 
 Check answers OK with the `authorization` header replaced by the exchanged access token
-(and the user in dynamic metadata, for the rate limiter's `user` descriptor), or DENIED
+(and in dynamic metadata the user, for the rate limiter's `user` descriptor, and the token
+with its expiry, which the edge reuses for the same API key for a moment), or DENIED
 with 401 and the reason as the body, which the edge wraps in its JSON error shape.
 """
 
@@ -21,7 +22,12 @@ from google.rpc import code_pb2, status_pb2
 from llmmesh.auth.v1 import credentials_pb2, credentials_pb2_grpc
 
 from services.auth.exchange import CredentialExchanger
-from services.runtime.authn import API_KEY_HEADER, bearer_token
+from services.runtime.authn import (
+    API_KEY_HEADER,
+    EXCHANGED_EXPIRY_KEY,
+    EXCHANGED_TOKEN_KEY,
+    bearer_token,
+)
 from services.runtime.errors import FieldViolation, Unauthenticated, check_fields
 from services.runtime.timestamps import timestamp_from_seconds
 
@@ -70,7 +76,9 @@ class ExtAuthzServicer:
         except Unauthenticated as refused:
             return _denied(refused.message)
         metadata = struct_pb2.Struct()
-        metadata.update({USER_METADATA_KEY: exchanged.user_id})
+        metadata.update({USER_METADATA_KEY: exchanged.user_id,
+                         EXCHANGED_TOKEN_KEY: exchanged.access_token,
+                         EXCHANGED_EXPIRY_KEY: int(exchanged.expire_time)})
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from llmmesh.auth.v1 import api_keys_pb2, auth_pb2, auth_pb2_grpc
 
+from services.runtime.server import MeshServer
 from tests.helpers import LoggedIn, eventually
 from tests.identity.conftest import TIGHT, IdentityEdge, bearer, create_key
 from tests.identity.idp import IdentityProvider
@@ -52,6 +53,35 @@ async def test_a_revoked_key_is_refused_at_the_edge_within_seconds(
                                     lambda answer: answer[0] != 200, within=5,
                                     what="the revoked key refused at the edge")
     assert (status, body) == (401, {"code": 16, "message": "API key was revoked"})
+
+
+def _exchanges(auth: MeshServer) -> float:
+    """How many ext_authz checks auth has answered OK."""
+    return auth.metrics.registry.get_sample_value(
+        "llmmesh_grpc_server_handling_seconds_count",
+        {"grpc_service": "envoy.service.auth.v3.Authorization", "grpc_method": "Check",
+         "grpc_code": "OK"}) or 0.0
+
+
+async def test_the_edge_reuses_a_keys_exchange_for_a_moment(
+        keys, http: aiohttp.ClientSession, identity_edge: IdentityEdge,
+        owner: LoggedIn, sso_auth_server: MeshServer) -> None:
+    secret = (await create_key(keys, owner)).secret
+    before = _exchanges(sso_auth_server)
+    for _ in range(10):  # well inside the edge's 2 s
+        async with http.get(f"{identity_edge.url}/v1/users/me",
+                            headers={"authorization": f"bearer {secret}"}) as response:
+            assert response.status == 200
+            assert (await response.json())["name"] == owner.user.name
+            # The access token the key was exchanged for stays inside the mesh.
+            assert not any("eyJ" in value for value in response.headers.values()), (
+                response.headers)
+    async with grpc.aio.insecure_channel(identity_edge.grpc_address) as channel:
+        me = await auth_pb2_grpc.AuthServiceStub(channel).GetUser(
+            auth_pb2.GetUserRequest(name="users/me"), metadata=bearer(secret))
+    assert me.name == owner.user.name
+    # One exchange served eleven requests (two if a clock second turned meanwhile).
+    assert 1 <= _exchanges(sso_auth_server) - before <= 2
 
 
 async def test_scopes_at_the_edge(keys, http: aiohttp.ClientSession,
