@@ -578,9 +578,13 @@ def test_envoy_container_runs_the_generated_config(compose: dict[str, Any],
     envoy = compose["services"]["envoy"]
     command = envoy["command"]
     config_path = command[command.index("-c") + 1]
-    mounts = dict(volume.rsplit(":", 2)[:2] for volume in envoy["volumes"])
+    mounts = dict(interpolate(volume, {}).rsplit(":", 2)[:2] for volume in envoy["volumes"])
     source = next(src for src, target in mounts.items() if target == ENVOY_DIR)
     assert (COMPOSE_FILE.parent / source).resolve() == ROOT / "envoy"
+    # Another bootstrap (scripts/gen_edge.py --out, e.g. with OIDC issuers) by variable.
+    other = dict(interpolate(volume, {"ENVOY_CONFIG_DIR": "./envoy-sso"}).rsplit(":", 2)[:2]
+                 for volume in envoy["volumes"])
+    assert {src for src, target in other.items() if target == ENVOY_DIR} == {"./envoy-sso"}
     assert config_path == f"{ENVOY_DIR}/envoy.yaml"
     # Every file the bootstrap names (the descriptor set, the OpenAPI document it serves)
     # is in the mounted directory.

@@ -4,12 +4,15 @@ gateway/spec.py and the current descriptor set, and the generator notices drift.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import yaml
 
 from gateway.ratelimit.rules import RateLimitRules
@@ -30,6 +33,49 @@ def test_envoy_dir_is_current() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_edge.py"), "--check"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+ISSUERS = ('[{"issuer": "https://sso.example.com", "audience": "llmmesh", '
+           '"jwks_uri": "https://sso.example.com/certs"}]')
+
+
+@pytest.mark.parametrize("target", ["compose", "kubernetes"])
+def test_a_deployment_renders_its_own_copy_with_its_oidc_issuers(target: str,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "envoy-sso"
+    env = {**os.environ, "LLMMESH_OIDC_ISSUERS": ISSUERS}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_edge.py"),
+                             "--target", target, "--out", str(out)], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 OIDC issuer(s): https://sso.example.com" in result.stdout
+    config = yaml.safe_load((out / "envoy.yaml").read_text())
+    text = json.dumps(config)
+    assert '"issuer": "https://sso.example.com"' in text and "oidc_jwks_0" in text
+    # Everything else is the committed target's: the same files, the same limits.
+    committed = ROOT / ("envoy" if target == "compose" else "deploy/k8s/base/envoy")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in committed.iterdir() if p.name != "README.md")
+    assert (out / "ratelimit.yaml").read_bytes() == (committed / "ratelimit.yaml").read_bytes()
+    # The committed files never take an issuer from the environment.
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_edge.py"), "--check"],
+                           env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "error"), [
+    (["--target", "compose"], {}, "--target and --out go together"),
+    (["--target", "compose", "--out", "envoy"], {}, "holds the committed files"),
+    (["--target", "compose", "--out", "x"], {"LLMMESH_OIDC_ISSUERS": "[{"},
+     "LLMMESH_OIDC_ISSUERS"),
+])
+def test_the_generator_refuses_a_bad_request(args: list[str], env: dict[str, str],
+                                             error: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_edge.py"), *args],
+                            env={**os.environ, **env}, cwd=ROOT if "envoy" in args else tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and error in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_changed_spec_makes_envoy_dir_stale() -> None:
