@@ -22,9 +22,10 @@ Request path through the edge listener:
   `requirement_name`): private routes need a token, public ones take none but refuse a
   bad one. Tokens come only from `Authorization: Bearer` (any case of the scheme).
 - API keys and external OIDC tokens (docs/identity.md): the Lua filter moves a
-  `Bearer llmk_...` key into `x-llmmesh-api-key`, so jwt_authn sees no token (or, for a
-  key its worker exchanged in the last `EDGE_KEY_CACHE_SECONDS`, puts the access token
-  it got in its place, so the request costs what one with our token costs); jwt_authn
+  `Bearer llmk_...` key into `x-llmmesh-api-key`, so jwt_authn sees no token (but a key
+  or OIDC token its worker exchanged in the last `EDGE_EXCHANGE_CACHE_SECONDS` it
+  replaces by the access token it got, so the request costs what one with our token
+  costs); jwt_authn
   verifies our tokens and each configured OIDC issuer's (its JWKS over a cluster of its
   own); private routes accept a missing token there, and ext_authz (auth's
   `envoy.service.auth.v3.Authorization/Check`) runs whenever our own token was not
@@ -56,6 +57,7 @@ from gateway.webpage import WEB_FILES
 from services.runtime.authn import (
     API_KEY_HEADER,
     API_KEY_PREFIX,
+    EXCHANGED_CREDENTIAL_KEY,
     EXCHANGED_EXPIRY_KEY,
     EXCHANGED_TOKEN_KEY,
 )
@@ -99,16 +101,19 @@ MAX_DIRECT_RESPONSE_BYTES = 4 * 1024 * 1024
 
 _T = "type.googleapis.com/"
 
-# How long an Envoy worker reuses the access token ext_authz exchanged an API key for,
-# and for how many keys at most: a key check then costs what a JWT check costs, and a
-# revoked key still stops within this plus auth's own cache (1 s).
-EDGE_KEY_CACHE_SECONDS = 2
-EDGE_KEY_CACHE_ENTRIES = 10000
+# How long an Envoy worker reuses the access token ext_authz exchanged an API key or an
+# OIDC token for, and for how many credentials at most: such a request then costs what
+# one with our own token costs, and a revoked key still stops within this plus auth's
+# own cache (1 s). Never past the exchanged token's expiry (itself never past the key's
+# or the OIDC token's).
+EDGE_EXCHANGE_CACHE_SECONDS = 2
+EDGE_EXCHANGE_CACHE_ENTRIES = 4096
 
 # RFC 7235: the auth scheme is case-insensitive, jwt_authn's prefix match is not.
-# An API key is no JWT: it is carried aside for ext_authz, past jwt_authn, unless this
-# worker exchanged it moments ago: then the access token it got stands in for it, and
-# jwt_authn verifies that (ext_authz runs only when no token of ours was verified).
+# A credential this worker exchanged moments ago is replaced by the access token it got,
+# which jwt_authn verifies like any of ours (ext_authz runs only when no token of ours
+# was verified). Otherwise an API key, no JWT, is carried aside for ext_authz, past
+# jwt_authn; on the way back the exchange ext_authz left in its metadata is kept.
 _BEARER_LUA = f"""
 local exchanged = {{}}
 local entries = 0
@@ -119,34 +124,30 @@ function envoy_on_request(handle)
   if value == nil then return end
   local scheme, token = string.match(value, "^%s*(%S+)%s+(.-)%s*$")
   if scheme == nil or string.lower(scheme) ~= "bearer" then return end
-  if string.sub(token, 1, {len(API_KEY_PREFIX)}) ~= "{API_KEY_PREFIX}" then
-    if scheme ~= "Bearer" then headers:replace("authorization", "Bearer " .. token) end
-    return
-  end
   local hit = exchanged[token]
   if hit ~= nil and hit[2] > os.time() then
     headers:replace("authorization", "Bearer " .. hit[1])
-    return
+  elseif string.sub(token, 1, {len(API_KEY_PREFIX)}) == "{API_KEY_PREFIX}" then
+    headers:remove("authorization")
+    headers:replace("{API_KEY_HEADER}", token)
+  elseif scheme ~= "Bearer" then
+    headers:replace("authorization", "Bearer " .. token)
   end
-  headers:remove("authorization")
-  headers:replace("{API_KEY_HEADER}", token)
-  handle:streamInfo():dynamicMetadata():set("{LUA_FILTER}", "api_key", token)
 end
 
 function envoy_on_response(handle)
-  local metadata = handle:streamInfo():dynamicMetadata()
-  local mine = metadata:get("{LUA_FILTER}")
-  if mine == nil or mine.api_key == nil then return end
-  local authz = metadata:get("{EXT_AUTHZ_FILTER}")
+  local authz = handle:streamInfo():dynamicMetadata():get("{EXT_AUTHZ_FILTER}")
   if authz == nil or authz.{EXCHANGED_TOKEN_KEY} == nil then return end
-  if entries >= {EDGE_KEY_CACHE_ENTRIES} then
+  local credential = authz.{EXCHANGED_CREDENTIAL_KEY}
+  if credential == nil then return end
+  if entries >= {EDGE_EXCHANGE_CACHE_ENTRIES} then
     exchanged = {{}}
     entries = 0
   end
-  if exchanged[mine.api_key] == nil then entries = entries + 1 end
-  local until_ = math.min(os.time() + {EDGE_KEY_CACHE_SECONDS},
+  if exchanged[credential] == nil then entries = entries + 1 end
+  local until_ = math.min(os.time() + {EDGE_EXCHANGE_CACHE_SECONDS},
                           (authz.{EXCHANGED_EXPIRY_KEY} or 0) - 1)
-  exchanged[mine.api_key] = {{authz.{EXCHANGED_TOKEN_KEY}, until_}}
+  exchanged[credential] = {{authz.{EXCHANGED_TOKEN_KEY}, until_}}
 end
 """
 OTLP_CLUSTER = "opentelemetry_collector"

@@ -5,7 +5,8 @@ access tokens (gateway/envoy_config.py).
 
 Check answers OK with the `authorization` header replaced by the exchanged access token
 (and in dynamic metadata the user, for the rate limiter's `user` descriptor, and the token
-with its expiry, which the edge reuses for the same API key for a moment), or DENIED
+with its expiry and the credential, which the edge reuses for the same credential for a
+moment), or DENIED
 with 401 and the reason as the body, which the edge wraps in its JSON error shape.
 """
 
@@ -24,6 +25,7 @@ from llmmesh.auth.v1 import credentials_pb2, credentials_pb2_grpc
 from services.auth.exchange import CredentialExchanger
 from services.runtime.authn import (
     API_KEY_HEADER,
+    EXCHANGED_CREDENTIAL_KEY,
     EXCHANGED_EXPIRY_KEY,
     EXCHANGED_TOKEN_KEY,
     bearer_token,
@@ -78,7 +80,8 @@ class ExtAuthzServicer:
         metadata = struct_pb2.Struct()
         metadata.update({USER_METADATA_KEY: exchanged.user_id,
                          EXCHANGED_TOKEN_KEY: exchanged.access_token,
-                         EXCHANGED_EXPIRY_KEY: int(exchanged.expire_time)})
+                         EXCHANGED_EXPIRY_KEY: int(exchanged.expire_time),
+                         EXCHANGED_CREDENTIAL_KEY: credential})
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(

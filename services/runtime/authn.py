@@ -40,10 +40,12 @@ SERVICE_TOKEN_HEADER = "x-llmmesh-service-token"  # noqa: S105 — a header name
 ON_BEHALF_HEADER = "x-llmmesh-user"
 # Where the edge carries an API key past jwt_authn to its ext_authz check (never upstream).
 API_KEY_HEADER = "x-llmmesh-api-key"
-# Where auth's ext_authz Check leaves the access token it exchanged a key for, and its
-# expiry (epoch seconds), in the edge's dynamic metadata: the edge reuses it briefly.
+# Where auth's ext_authz Check leaves, in the edge's dynamic metadata, the access token it
+# exchanged a credential (an API key or an OIDC token) for, its expiry (epoch seconds)
+# and the credential: the edge reuses the exchange for a moment (gateway/envoy_config.py).
 EXCHANGED_TOKEN_KEY = "access_token"  # noqa: S105 — a metadata key
 EXCHANGED_EXPIRY_KEY = "expire_time"
+EXCHANGED_CREDENTIAL_KEY = "credential"
 API_KEY_PREFIX = "llmk_"
 EXCHANGE_CACHE_SECONDS = 3.0
 EXCHANGE_CACHE_SIZE = 4096
