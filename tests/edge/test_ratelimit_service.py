@@ -23,6 +23,7 @@ from mesh.redis_server import LocalRedis, free_port
 from services.runtime.config import Env
 from services.runtime.server import MeshServer
 from tests.conftest import mesh_env
+from tests.helpers import clear_of_window_edge
 
 OK = rls_pb2.RateLimitResponse.OK
 OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -74,6 +75,12 @@ def request(*descriptors: list[tuple[str, str]], hits: int = 0,
         ratelimit_pb2.RateLimitDescriptor(entries=[
             ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries])
         for entries in descriptors])
+
+
+@pytest.fixture(autouse=True)
+async def _one_window() -> None:
+    """Each test's counts fall in one window (they assert exact verdicts)."""
+    await clear_of_window_edge()
 
 
 async def test_a_burst_of_200_concurrent_requests_lets_exactly_the_limit_through(

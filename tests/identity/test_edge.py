@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from llmmesh.auth.v1 import api_keys_pb2, auth_pb2, auth_pb2_grpc
 
 from services.runtime.server import MeshServer
-from tests.helpers import LoggedIn, eventually
+from tests.helpers import LoggedIn, clear_of_window_edge, eventually
 from tests.identity.conftest import TIGHT, IdentityEdge, bearer, create_key
 from tests.identity.idp import IdentityProvider
 
@@ -126,6 +126,7 @@ async def test_rate_limits_count_for_the_key_owner(keys, http: aiohttp.ClientSes
     secret = (await create_key(keys, owner)).secret
     url = f"{identity_edge.url}/v1/users/me/usages/current"
     token = owner.tokens.access_token
+    await clear_of_window_edge()  # exact counts: all in one minute window
     statuses = [(await _get(http, url, credential))[0]
                 for credential in [token, secret] * TIGHT + [secret]]
     assert statuses[:TIGHT] == [200] * TIGHT

@@ -43,6 +43,7 @@ from mesh.redis_server import free_port
 from services.runtime.config import ConfigError, Env
 from tests.chat.openai_server import OpenAIServer, Script
 from tests.faults.processes import model_entry
+from tests.helpers import clear_of_window_edge_sync
 from tests.mesh.test_launcher import Launcher, start_mesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -241,6 +242,7 @@ def test_the_replicas_run_behind_envoy(mesh: ReplicaMesh) -> None:
 
 def test_a_rate_limit_holds_exactly_across_replicas(mesh: ReplicaMesh) -> None:
     metadata = _user(mesh, "ratelimited")
+    clear_of_window_edge_sync()  # exact counts: all in one (hour) window
     before = mesh.served("ratelimit")
     auth = auth_pb2_grpc.AuthServiceStub(mesh.channel())
     outcomes = _concurrently([
