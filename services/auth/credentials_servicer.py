@@ -6,8 +6,8 @@ access tokens (gateway/envoy_config.py).
 Check answers OK with the `authorization` header replaced by the exchanged access token
 (and in dynamic metadata the user, for the rate limiter's `user` descriptor, and the token
 with its expiry and the credential, which the edge reuses for the same credential for a
-moment), or DENIED
-with 401 and the reason as the body, which the edge wraps in its JSON error shape.
+moment), or DENIED with 401 and the reason as the body, which the edge wraps in its JSON
+error shape.
 """
 
 from __future__ import annotations
