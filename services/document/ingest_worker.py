@@ -14,7 +14,9 @@ Delivery is at least once; the outcome is exactly once:
   seconds and starts over: chunk ids derive from the document id, so a retry rewrites
   the same chunks (upserts), and the commit script refuses a second ending;
 - an entry whose operation is already over is acknowledged without work (its leftover
-  chunks, if any, are deleted).
+  chunks, if any, are deleted);
+- an operation written but never queued (its process died in between) is queued by a
+  worker once its intent is older than `claim_idle` (services/document/queue.py).
 Unavailable peers (embedding, Chroma, Redis) leave the entry pending for a retry (after
 the claim timeout), up to MAX_ATTEMPTS starts; any other error ends the operation with
 its status.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +51,9 @@ log = logging.getLogger("llmmesh.document.worker")
 
 MAX_ATTEMPTS = 5
 READ_BLOCK_SECONDS = 0.5
+# An intent whose operation was never written is forgotten after this long (a process
+# that noted it and is still about to write it would have to stall this long).
+UNWRITTEN_INTENT_SECONDS = 600.0
 
 
 class OperationClosed(Exception):
@@ -64,6 +70,11 @@ class WorkerSettings:
         """How often a running job writes progress and renews its claim."""
         return min(0.5, self.claim_idle_seconds / 4)
 
+    @property
+    def sweep_interval(self) -> float:
+        """How often a process looks for operations written but never queued."""
+        return min(30.0, self.claim_idle_seconds / 2)
+
 
 class IngestWorkers:
     """The consumer loop of one process; `start` returns at once, `stop` cancels it
@@ -78,6 +89,7 @@ class IngestWorkers:
         self._store = store
         self._settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         # Checked by the loop as well as cancelling it: on Python 3.11 a cancel that
         # lands as a Redis read times out can come back as that timeout (a RedisError
@@ -87,11 +99,14 @@ class IngestWorkers:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="document-ingest-workers")
+            self._sweeper = asyncio.create_task(self._sweep_loop(),
+                                                name="document-stranded-sweep")
 
     async def stop(self) -> None:
         self._stopping = True
         task, self._task = self._task, None
-        running = [task, *self._jobs] if task is not None else list(self._jobs)
+        sweeper, self._sweeper = self._sweeper, None
+        running = [t for t in (task, sweeper) if t is not None] + list(self._jobs)
         for item in running:
             item.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -115,6 +130,39 @@ class IngestWorkers:
             except Exception:
                 log.exception("reading the ingestion queue failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_interval)
+            if self._stopping:
+                return
+            try:
+                await self.queue_stranded()
+            except asyncio.CancelledError:
+                raise
+            except RedisError as error:
+                log.warning("looking for unqueued operations failed (%s)", error)
+            except Exception:
+                log.exception("looking for unqueued operations failed")
+
+    async def queue_stranded(self, now: float | None = None) -> int:
+        """Queue the operations whose process noted them and died before queueing them
+        (intents older than the claim timeout); the number queued."""
+        now = time.time() if now is None else now
+        queued = 0
+        for user_id, operation_id, noted in await self._queue.stranded(
+                now - self._settings.claim_idle_seconds):
+            state = await self._operations.get(user_id, operation_id)
+            if state is None:
+                if now - noted > UNWRITTEN_INTENT_SECONDS:
+                    await self._queue.forget(user_id, operation_id)
+            elif state.done or state.attempts > 0:
+                await self._queue.forget(user_id, operation_id)
+            elif await self._queue.add(user_id, operation_id, only_if_intended=True):
+                queued += 1
+                log.warning("queued an operation its process never queued",
+                            extra={"operation": operation_id})
+        return queued
 
     async def _fill(self) -> None:
         free = self._settings.concurrency - len(self._jobs)

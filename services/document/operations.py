@@ -97,6 +97,10 @@ return 1
 """
 
 
+def new_operation_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True)
 class OperationState:
     """An operation as stored."""
@@ -139,9 +143,10 @@ class OperationStore:
         self._delete = redis.register_script(_DELETE)
 
     async def create(self, user_id: str, filename: str, collection: str, claimed_type: str,
-                     content: bytes) -> OperationState:
-        """Store the upload and a new open operation for it, durably, in one step."""
-        operation_id = uuid.uuid4().hex
+                     content: bytes, operation_id: str | None = None) -> OperationState:
+        """Store the upload and a new open operation for it, durably, in one step.
+        `operation_id`: the id to give it (a new one when None)."""
+        operation_id = operation_id or new_operation_id()
         now = self._clock()
         keys = _Keys(user_id, operation_id)
         await self._create(

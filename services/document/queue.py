@@ -10,6 +10,13 @@ by the consumer that read it, until that consumer acknowledges (and deletes) it.
 consumer that dies leaves its entries pending; once an entry has been idle for
 `claim_idle` seconds any consumer takes it over with XAUTOCLAIM (at-least-once). A live
 consumer keeps its entries fresh by claiming them again (`touch`) well within that time.
+
+An operation is written (under its user's hash tag) before its job is queued, so a
+process that dies between the two would leave it open and never run. Its *intent* is
+therefore noted first, in a sorted set beside the stream (`<stream>:intents`, the same
+hash tag), and queueing removes it in the same script. Workers look for intents older
+than the claim timeout (`stranded`) and queue their operations (`add` with
+`only_if_intended`: whoever removes the intent queues it, once).
 """
 
 from __future__ import annotations
@@ -19,13 +26,21 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
 from services.runtime.redis_client import RedisClient, text
 
 GROUP = "document-workers"
+
+# KEYS: stream, intents. ARGV: intent, user, operation, only if intended ('1' or '0').
+# Queues the job and forgets its intent; with '1', only while the intent is there.
+_ENQUEUE = """
+local intended = redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[4] == '1' and intended == 0 then return false end
+return redis.call('XADD', KEYS[1], '*', 'user', ARGV[2], 'operation', ARGV[3])
+"""
 
 
 def stream_key(store_location: str) -> str:
@@ -58,6 +73,7 @@ class IngestQueue:
         self.stream = stream
         self._claim_idle_ms = max(1, int(claim_idle_seconds * 1000))
         self.consumer = consumer or consumer_name()
+        self._enqueue = redis.register_script(_ENQUEUE)
 
     async def ensure_group(self) -> None:
         """Create the stream and the group if they are missing."""
@@ -67,10 +83,39 @@ class IngestQueue:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def add(self, user_id: str, operation_id: str) -> str:
-        entry = await self._redis.xadd(self.stream, {"user": user_id,
-                                                    "operation": operation_id})
-        return text(entry)
+    @property
+    def intents(self) -> str:
+        """The sorted set of operations about to be queued, by when that was noted."""
+        return f"{self.stream}:intents"
+
+    async def intend(self, user_id: str, operation_id: str, now: float) -> None:
+        """Note that this operation is about to be written and queued."""
+        await self._redis.zadd(self.intents, {_intent(user_id, operation_id): now})
+
+    async def add(self, user_id: str, operation_id: str, *,
+                  only_if_intended: bool = False) -> str | None:
+        """Queue a job (and forget its intent); the entry id, or None when
+        `only_if_intended` and someone else queued it already."""
+        entry = await self._enqueue(
+            keys=[self.stream, self.intents],
+            args=[_intent(user_id, operation_id), user_id, operation_id,
+                  "1" if only_if_intended else "0"])
+        return text(entry) if entry else None
+
+    async def stranded(self, noted_before: float, count: int = 100
+                       ) -> list[tuple[str, str, float]]:
+        """(user, operation, noted at) of intents noted before `noted_before`."""
+        found = await self._redis.zrangebyscore(self.intents, "-inf", noted_before,
+                                                start=0, num=count, withscores=True)
+        stranded = []
+        for member, score in cast("list[tuple[Any, Any]]", found):
+            user_id, _, operation_id = text(member).partition("/")
+            stranded.append((user_id, operation_id, float(score)))
+        return stranded
+
+    async def forget(self, user_id: str, operation_id: str) -> None:
+        """Drop an intent whose operation needs no queueing (ended, or never written)."""
+        await self._redis.zrem(self.intents, _intent(user_id, operation_id))
 
     async def read(self, count: int, block_seconds: float) -> list[Job]:
         """Up to `count` new entries, waiting up to `block_seconds` for one."""
@@ -106,6 +151,10 @@ class IngestQueue:
         reply = await self._redis.xpending_range(self.stream, GROUP, min="-", max="+",
                                                  count=1000)
         return [(str(item["message_id"]), str(item["consumer"])) for item in reply]
+
+
+def _intent(user_id: str, operation_id: str) -> str:
+    return f"{user_id}/{operation_id}"
 
 
 def _streams(reply: Any) -> list[tuple[Any, Any]]:

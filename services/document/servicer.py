@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,7 +15,11 @@ from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 
 from services.document.ingestion import Ingestor, Progress, Stage, Upload
 from services.document.library import DocumentLibrary
-from services.document.operations import OPERATION_STAGE_DONE, OperationState
+from services.document.operations import (
+    OPERATION_STAGE_DONE,
+    OperationState,
+    new_operation_id,
+)
 from services.document.operations_servicer import POLL_SECONDS, OperationReader
 from services.document.parsing import precheck
 from services.document.queue import IngestQueue
@@ -115,8 +120,11 @@ class DocumentServicer(document_pb2_grpc.DocumentServiceServicer):
         queue = self._queue
         if queue is None:
             raise Unimplemented("long-running operations are not configured here")
+        operation_id = new_operation_id()
+        # Noted first: should this process die before queueing, a worker queues it.
+        await queue.intend(user_id, operation_id, time.time())
         state = await store.create(user_id, upload.filename, upload.collection,
-                                   upload.claimed_type, upload.content)
+                                   upload.claimed_type, upload.content, operation_id)
         try:
             await queue.add(user_id, state.id)
         except BaseException:

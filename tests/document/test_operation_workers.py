@@ -22,8 +22,10 @@ from llmmesh.document.v1 import document_pb2, document_pb2_grpc
 from mesh.chroma_server import LocalChroma
 from mesh.redis_server import LocalRedis
 from services.document.chunking import Chunker
+from services.document.operations import OperationStore, new_operation_id
 from services.document.parsing import parse
-from services.document.queue import GROUP, stream_key
+from services.document.queue import GROUP, IngestQueue, stream_key
+from services.document.records import DocumentRecords
 from services.runtime.redis_client import redis_client
 from tests.document.helpers import PARAGRAPHS, ChromaStore, document_count, stored_chunks
 from tests.faults.processes import ServiceProcess, process_env
@@ -122,5 +124,41 @@ async def test_a_killed_worker_s_operation_is_finished_by_another_exactly_once(
                                  alice.user_id) == expected
             assert await document_count(documents, alice) == 1
             assert await redis.xlen(stream) == 0  # acknowledged and deleted
+    finally:
+        await redis.aclose()
+
+
+async def test_an_operation_its_process_never_queued_is_queued_by_a_worker(
+        document_process: ServiceProcess, own_redis: LocalRedis, chroma_server: LocalChroma,
+        alice: LoggedIn) -> None:
+    """What ImportDocument leaves when its process dies between writing the operation
+    and queueing it: the intent and the operation, no queue entry."""
+    redis = redis_client(own_redis.url)
+    queue = IngestQueue(redis, stream_key(chroma_server.address), claim_idle_seconds=60)
+    store = OperationStore(redis, DocumentRecords(redis), upload_ttl_seconds=3600,
+                           retention_seconds=3600)
+    operation_id = new_operation_id()
+    try:
+        await queue.intend(alice.user_id, operation_id, time.time())
+        await store.create(alice.user_id, "stranded.txt", "", "",
+                           " ".join(PARAGRAPHS).encode(), operation_id)
+        assert await redis.xlen(queue.stream) == 0
+        async with grpc.aio.insecure_channel(document_process.address) as channel:
+            operations = operations_pb2_grpc.OperationsStub(channel)
+            name = f"operations/{operation_id}"
+
+            async def state() -> operations_proto_pb2.Operation:
+                return await operations.GetOperation(
+                    operations_proto_pb2.GetOperationRequest(name=name),
+                    metadata=alice.metadata, timeout=10)
+
+            # Picked up once its intent is older than the claim timeout (2 s here).
+            done = await eventually(state, lambda op: op.done, within=60,
+                                    what="the stranded operation to finish")
+        assert not done.HasField("error"), done.error
+        document = document_pb2.Document()
+        done.response.Unpack(document)
+        assert document.chunk_count >= 1 and document.filename == "stranded.txt"
+        assert await queue.stranded(time.time() + 3600) == []  # the intent is gone
     finally:
         await redis.aclose()

@@ -91,3 +91,25 @@ async def test_the_queue_hands_out_claims_and_acknowledges_on_the_cluster(
     await second.ack(job)
     assert await first.pending() == []
     assert await client.xlen(stream) == 0
+
+
+async def test_an_intent_is_queued_once_whoever_queues_it_on_the_cluster(
+        client: RedisClient, tmp_path: Path) -> None:
+    queue = IngestQueue(client, stream_key(str(tmp_path)), claim_idle_seconds=0.5)
+    await queue.ensure_group()
+    await queue.intend("u1", "op1", 100.0)
+    await queue.intend("u2", "op2", 200.0)
+    assert await queue.stranded(150.0) == [("u1", "op1", 100.0)]
+    # The uploading call queues it: the intent goes with it, in one script.
+    assert await queue.add("u1", "op1") is not None
+    assert await queue.stranded(150.0) == []
+    # A sweeper that read the intent before that finds it gone: no second entry.
+    assert await queue.add("u1", "op1", only_if_intended=True) is None
+    # A stranded intent is queued by the first who takes it, once.
+    assert await queue.add("u2", "op2", only_if_intended=True) is not None
+    assert await queue.add("u2", "op2", only_if_intended=True) is None
+    assert [(j.user_id, j.operation_id) for j in await queue.read(10, 0.1)] == [
+        ("u1", "op1"), ("u2", "op2")]
+    await queue.intend("u3", "op3", 300.0)
+    await queue.forget("u3", "op3")
+    assert await queue.stranded(1e12) == []
