@@ -54,6 +54,7 @@ from services.runtime import tracing
 from services.runtime.context import request_id_var
 from services.runtime.errors import Internal, LlmmeshError, NotFound
 from services.runtime.provider_errors import provider_error
+from services.runtime.storage_errors import storage_unavailable
 
 log = logging.getLogger("llmmesh.chat")
 # How long a finished turn waits for its settlement before saying done.
@@ -478,8 +479,13 @@ class ChatEngine:
             async with asyncio.timeout(self._store_budget):
                 stored = await self._append(turn, question, answer)
         except Exception as error:  # TimeoutError (the budget) included
-            log.error("storing a delivered turn failed; finishing it unstored",
-                      exc_info=error, extra={"conversation": turn.conversation_id})
+            outage = isinstance(error, TimeoutError) or storage_unavailable(error) is not None
+            # Storage down or too slow is no bug of ours: a warning, not a traceback.
+            log.log(logging.WARNING if outage else logging.ERROR,
+                    "storing a delivered turn failed; finishing it unstored",
+                    exc_info=None if outage else error,
+                    extra={"conversation": turn.conversation_id,
+                           "error": type(error).__name__})
             return ""
         if not stored:  # the conversation was deleted while answering
             return ""

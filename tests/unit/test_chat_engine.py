@@ -5,6 +5,7 @@ No sockets; one test runs the real ConversationStore on the session's Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -545,7 +546,9 @@ class HangingStore(FakeConversationStore):
         raise AssertionError("unreachable")
 
 
-async def test_a_store_that_never_answers_is_given_up_within_the_budget() -> None:
+async def test_a_store_that_never_answers_is_given_up_within_the_budget(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="llmmesh.chat")
     store = HangingStore()
     model = ScriptedChatModel(parts=["abcd"])
     engine = ChatEngine(FakeRegistry((model_spec(), model)), store, FakeQuota(), FakeSearch(),
@@ -557,6 +560,10 @@ async def test_a_store_that_never_answers_is_given_up_within_the_budget() -> Non
     done = finished(events)
     assert not done.stored and done.content == "abcd"
     assert store.append_calls == 1
+    # Storage too slow is an outage, not a bug: one warning, no traceback, no ERROR.
+    (given_up,) = [r for r in caplog.records if "finishing it unstored" in r.message]
+    assert given_up.levelno == logging.WARNING and given_up.exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_storing_the_same_turn_again_does_not_duplicate_it(redis: Redis) -> None:
